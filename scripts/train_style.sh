@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Train the four models of one style (BN, IN, BN+SE, IEBN) with identical settings, seed and
+# photos, then export each to checkpoints/<name>/<norm>.safetensors with its loss log.
+# Resumable: run it again after an interruption and every run continues from its checkpoint.
+#
+#   scripts/train_style.sh STYLE_IMAGE NAME "CREDIT" [more styletransfer train options]
+#
+# The shipped checkpoints were made with the defaults below, on the CPU, with
+#   CONTENT_DIR=../shared/assets/content STYLETRANSFER_VGG_WEIGHTS=../shared/assets/vgg/vgg19-imagenet-features.pth
+set -euo pipefail
+style_image=$1 name=$2 credit=$3
+shift 3
+: "${CONTENT_DIR:?set CONTENT_DIR to a folder of training photos}"
+: "${NORMS:=bn in se iebn}"
+: "${ITERATIONS:=1000}" "${IMAGE_SIZE:=128}" "${STYLE_SIZE:=256}" "${BATCH_SIZE:=4}" "${VGG:=vgg19}"
+: "${RUNS:=runs}" "${EXPORT:=checkpoints}"
+
+for norm in $NORMS; do
+  run="$RUNS/$name-$norm"
+  styletransfer train --resume --out "$run" --style "$style_image" --content-dir "$CONTENT_DIR" \
+    --norm "$norm" --iterations "$ITERATIONS" --image-size "$IMAGE_SIZE" --style-size "$STYLE_SIZE" \
+    --batch-size "$BATCH_SIZE" --vgg "$VGG" --seed 0 --style-name "$name" --style-credit "$credit" "$@"
+  styletransfer export "$run/checkpoint.safetensors" "$EXPORT/$name/$norm.safetensors"
+done
+styletransfer list "$EXPORT"

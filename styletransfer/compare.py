@@ -1,0 +1,88 @@
+"""Side-by-side comparison grids: content, then one stylisation per model, labelled."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+from .checkpoint import read_metadata
+from .errors import StyleTransferError
+from .norms import NORM_NAMES
+from .stylize import Stylizer
+
+CAPTION_HEIGHT = 36
+GAP = 6
+BACKGROUND = (255, 255, 255)
+TEXT = (20, 20, 20)
+
+
+def find_checkpoints(folder: str | Path = "checkpoints") -> list[tuple[Path, dict]]:
+    """Every readable checkpoint under ``folder`` with its metadata, ordered by style then norm."""
+    folder = Path(folder)
+    found = []
+    for path in sorted(folder.rglob("*.safetensors")) if folder.is_dir() else []:
+        try:
+            found.append((path, read_metadata(path)))
+        except StyleTransferError:
+            continue
+    order = {n: i for i, n in enumerate(NORM_NAMES)}
+    return sorted(found, key=lambda pm: (pm[1].get("style", ""), order[pm[1]["norm"]], str(pm[0])))
+
+
+def resolve_models(names: list[str], folder: str | Path = "checkpoints") -> list[Path]:
+    """Checkpoint files as given, or a style name standing for all its checkpoints in ``folder``."""
+    paths = []
+    for name in names:
+        p = Path(name)
+        if p.suffix == ".safetensors" or p.exists():
+            paths.append(p)
+            continue
+        matches = [path for path, meta in find_checkpoints(folder) if meta.get("style") == name]
+        if not matches:
+            styles = sorted({meta.get("style", "?") for _, meta in find_checkpoints(folder)})
+            known = f"; styles in {folder}: {', '.join(styles)}" if styles else f"; {folder} holds no checkpoints"
+            raise StyleTransferError(f"{name}: neither a checkpoint file nor a style name{known}")
+        paths.extend(matches)
+    return paths
+
+
+def caption_font(size: int = 18) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow without a scalable default font
+        return ImageFont.load_default()
+
+
+def comparison_grid(rows: list[list[Image.Image]], captions: list[str], cell: int) -> Image.Image:
+    """Lay out rows of equally sized images under one row of column captions."""
+    cols = len(captions)
+    w, h = rows[0][0].size
+    width = cols * w + (cols + 1) * GAP
+    height = CAPTION_HEIGHT + len(rows) * (h + GAP) + GAP
+    grid = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(grid)
+    font = caption_font(max(12, min(22, w // 14)))
+    for c, text in enumerate(captions):
+        x = GAP + c * (w + GAP) + w // 2
+        draw.text((x, CAPTION_HEIGHT // 2 + 2), text, fill=TEXT, font=font, anchor="mm")
+    for r, row in enumerate(rows):
+        for c, img in enumerate(row):
+            grid.paste(img, (GAP + c * (w + GAP), CAPTION_HEIGHT + r * (h + GAP)))
+    return grid
+
+
+def compare(contents: list[Image.Image], stylizers: list[Stylizer], cell: int = 384) -> Image.Image:
+    """A grid with one row per content image: the content, then each model's stylisation."""
+    rows = []
+    for content in contents:
+        content = fit(content, cell)
+        rows.append([content] + [s.stylize(content) for s in stylizers])
+    return comparison_grid(rows, ["content"] + [s.label for s in stylizers], cell)
+
+
+def fit(img: Image.Image, cell: int) -> Image.Image:
+    """Centre-crop to a square and scale to ``cell`` so every row lines up."""
+    side = min(img.size)
+    left, top = (img.width - side) // 2, (img.height - side) // 2
+    return img.crop((left, top, left + side, top + side)).resize((cell, cell), Image.Resampling.LANCZOS)

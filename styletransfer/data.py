@@ -1,0 +1,181 @@
+"""Reading images safely, and the folder of content photos used for training.
+
+Every image the project reads goes through :func:`load_image`, which turns anything a
+camera, phone or editor makes (EXIF rotation, grey, RGBA, palette, 16-bit, CMYK, animated)
+into an RGB picture, and anything broken into a one-line :class:`StyleTransferError`.
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import Dataset
+
+from .errors import StyleTransferError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+# Pillow's own default (about 89 megapixels); past it a file is refused, not decoded.
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+
+
+def load_image(path: str | Path, max_size: int | None = None) -> Image.Image:
+    """Open ``path`` as an RGB image, upright, with its long side at most ``max_size``."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                return to_rgb(img, max_size)
+    except FileNotFoundError:
+        raise StyleTransferError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise StyleTransferError(f"{path}: is a folder, not an image") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise StyleTransferError(f"{path}: image too large (over {MAX_PIXELS:,} pixels)") from None
+    except Image.UnidentifiedImageError:
+        raise StyleTransferError(f"{path}: not an image file (or a format Pillow cannot read)") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise StyleTransferError(f"{path}: cannot read image ({first_line(e)})") from None
+
+
+def to_rgb(img: Image.Image, max_size: int | None = None) -> Image.Image:
+    """Convert an open Pillow image to an upright RGB image bounded by ``max_size``."""
+    if max_size:
+        # JPEG can decode at 1/2, 1/4, 1/8 scale directly: much faster for big photos.
+        img.draft("RGB", (max_size, max_size))
+    img.seek(0)  # the first frame of an animation
+    img.load()
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        img = high_bit_depth_to_rgb(img)
+    elif img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba).convert("RGB")
+    elif img.mode != "RGB":
+        img = img.convert("RGB")
+    if max_size and max(img.size) > max_size:
+        img = ImageOps.contain(img, (max_size, max_size), Image.Resampling.LANCZOS)
+    return img
+
+
+def high_bit_depth_to_rgb(img: Image.Image) -> Image.Image:
+    """16-bit or float grey to 8-bit RGB, scaling instead of clipping at 255."""
+    a = np.asarray(img, dtype=np.float64)
+    if img.mode == "F":
+        top = 1.0 if a.max(initial=0) <= 1.0 else 255.0
+    else:
+        top = 65535.0 if a.max(initial=0) > 255 or img.mode.startswith("I;16") else 255.0
+    a8 = np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(a8, "L").convert("RGB")
+
+
+def first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
+
+
+def image_to_tensor(img: Image.Image) -> torch.Tensor:
+    """RGB image to a float tensor of shape (3, H, W) in [0, 1]."""
+    a = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())
+    return a.permute(2, 0, 1).float().div_(255)
+
+
+def tensor_to_image(t: torch.Tensor) -> Image.Image:
+    """A (3, H, W) tensor in [0, 1] to an RGB image."""
+    a = t.detach().float().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(a, "RGB")
+
+
+def find_images(folder: str | Path) -> list[Path]:
+    """All files with an image suffix under ``folder``, recursively, in a stable order."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise StyleTransferError(f"{folder}: not a folder")
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def random_crop(img: Image.Image, size: int, rng: random.Random) -> Image.Image:
+    """Scale the short side to ``size``, then take a random ``size`` x ``size`` crop, maybe mirrored."""
+    w, h = img.size
+    scale = size / min(w, h)
+    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BILINEAR)
+    w, h = img.size
+    left, top = rng.randint(0, w - size), rng.randint(0, h - size)
+    img = img.crop((left, top, left + size, top + size))
+    if rng.random() < 0.5:
+        img = ImageOps.mirror(img)
+    return img
+
+
+class ContentImages(Dataset):
+    """The content photos: random square crops, indexed by ``(photo index, crop seed)``.
+
+    Files that are not images are dropped when the folder is scanned; files that fail to
+    decode later (truncated, corrupt) are skipped and counted, and another photo is used.
+    """
+
+    def __init__(self, folder: str | Path, image_size: int) -> None:
+        self.image_size = image_size
+        candidates = find_images(folder)
+        readable = {p: readable_header(p) for p in candidates}
+        self.paths = [p for p, ok in readable.items() if ok]
+        self.skipped: list[Path] = [p for p, ok in readable.items() if not ok]
+        if not self.paths:
+            found = f" ({len(candidates)} files with image names, none readable)" if candidates else ""
+            raise StyleTransferError(
+                f"{folder}: no images found{found}; give --content-dir a folder of photos (searched recursively)"
+            )
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, key: tuple[int, int]) -> torch.Tensor:
+        index, seed = key
+        rng = random.Random(seed)
+        for _ in range(len(self.paths)):
+            path = self.paths[index]
+            try:
+                img = load_image(path, max_size=4 * self.image_size)
+                return image_to_tensor(random_crop(img, self.image_size, rng))
+            except StyleTransferError as e:
+                if path not in self.skipped:
+                    self.skipped.append(path)
+                    warnings.warn(f"skipping unreadable image {e}", stacklevel=1)
+                index = rng.randrange(len(self.paths))
+        raise StyleTransferError("no content image could be decoded")
+
+
+def readable_header(path: Path) -> bool:
+    """Cheap check that Pillow recognises the file (decoding happens later)."""
+    try:
+        with Image.open(path) as img:
+            img.size
+        return True
+    except Exception:
+        return False
+
+
+class StepBatches(torch.utils.data.Sampler):
+    """Batches of ``(photo index, crop seed)`` that are a pure function of (seed, step).
+
+    Resuming at step ``k`` therefore sees exactly the batches an uninterrupted run would,
+    without saving any sampler or RNG state.
+    """
+
+    def __init__(self, num_images: int, batch_size: int, seed: int, start_step: int, total_steps: int) -> None:
+        self.num_images, self.batch_size, self.seed = num_images, batch_size, seed
+        self.start_step, self.total_steps = start_step, total_steps
+
+    def __len__(self) -> int:
+        return max(0, self.total_steps - self.start_step)
+
+    def __iter__(self):
+        for step in range(self.start_step, self.total_steps):
+            rng = random.Random(self.seed * 1_000_003 + step)
+            yield [(rng.randrange(self.num_images), rng.getrandbits(32)) for _ in range(self.batch_size)]

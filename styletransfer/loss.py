@@ -1,0 +1,187 @@
+"""Perceptual loss (Johnson et al. 2016): VGG content and style (Gram) terms plus total variation.
+
+Each term is normalised by the magnitude of its target, so the same default weights work
+with torchvision's retrained VGG weights and with the original (Caffe) ImageNet weights,
+whose activations are about 100x larger.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+from torchvision.models import vgg as tv_vgg
+
+from .errors import StyleTransferError
+
+VGG_WEIGHTS_ENV = "STYLETRANSFER_VGG_WEIGHTS"
+# "random" builds an untrained VGG: only for tests and benchmarks, never for real training.
+RANDOM_WEIGHTS = "random"
+
+# Index of each named ReLU in torchvision's ``vgg.features``.
+VGG_LAYERS = {
+    "vgg16": {"relu1_2": 3, "relu2_2": 8, "relu3_3": 15, "relu4_2": 20, "relu4_3": 22},
+    "vgg19": {"relu1_2": 3, "relu2_2": 8, "relu3_3": 15, "relu3_4": 17, "relu4_2": 22, "relu4_3": 24},
+}
+VGG_CONFIG = {"vgg16": "D", "vgg19": "E"}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+CONTENT_LAYER = "relu2_2"
+STYLE_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
+
+
+@dataclass
+class LossWeights:
+    content: float = 1.0
+    style: float = 10.0
+    tv: float = 1.0
+
+
+def load_vgg_features(arch: str = "vgg16", weights: str | None = None) -> nn.Sequential:
+    """The convolutional part of torchvision's VGG16/VGG19, frozen, in eval mode.
+
+    ``weights``: a local file (full torchvision state dict or only its ``features.*``
+    part), ``"random"``, or None for the environment variable, else torchvision's
+    ImageNet weights (downloaded once into torch's cache).
+    """
+    if arch not in VGG_CONFIG:
+        raise StyleTransferError(f"unknown VGG {arch!r}; choose vgg16 or vgg19")
+    weights = weights or os.environ.get(VGG_WEIGHTS_ENV) or None
+    features = tv_vgg.make_layers(tv_vgg.cfgs[VGG_CONFIG[arch]])
+    if weights == RANDOM_WEIGHTS:
+        pass
+    elif weights:
+        features.load_state_dict(read_features_state_dict(Path(weights), features))
+    else:
+        features.load_state_dict(download_features_state_dict(arch))
+    for m in features:
+        if isinstance(m, nn.ReLU):
+            m.inplace = False  # the intermediate activations are kept for the loss
+    return features.eval().requires_grad_(False)
+
+
+def read_features_state_dict(path: Path, features: nn.Sequential) -> dict:
+    if not path.is_file():
+        raise StyleTransferError(f"VGG weights file {path} does not exist")
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise StyleTransferError(f"{path}: not a VGG state dict readable without executing code ({e})") from None
+    if not isinstance(sd, dict):
+        raise StyleTransferError(f"{path}: expected a VGG state dict, found {type(sd).__name__}")
+    sd = {k.removeprefix("features."): v for k, v in sd.items() if not k.startswith("classifier.")}
+    expected = features.state_dict()
+    if set(sd) != set(expected) or any(sd[k].shape != expected[k].shape for k in expected):
+        raise StyleTransferError(
+            f"{path}: tensors do not match torchvision's {describe(features)} features "
+            f"(expected keys like features.0.weight ... features.{len(features) - 3}.bias)"
+        )
+    return sd
+
+
+def describe(features: nn.Sequential) -> str:
+    convs = sum(isinstance(m, nn.Conv2d) for m in features)
+    return {13: "VGG16", 16: "VGG19"}.get(convs, "VGG")
+
+
+def download_features_state_dict(arch: str) -> dict:
+    enum = {"vgg16": torchvision.models.VGG16_Weights, "vgg19": torchvision.models.VGG19_Weights}[arch]
+    try:
+        sd = enum.IMAGENET1K_V1.get_state_dict(progress=True)
+    except Exception as e:
+        raise StyleTransferError(
+            f"could not get torchvision's ImageNet {arch.upper()} weights ({type(e).__name__}); "
+            f"offline, give a local weights file with --vgg-weights PATH or {VGG_WEIGHTS_ENV}=PATH "
+            f"(a torchvision {arch} state dict, or only its features.* part)"
+        ) from None
+    return {k.removeprefix("features."): v for k, v in sd.items() if k.startswith("features.")}
+
+
+class VGGFeatures(nn.Module):
+    """Runs VGG on images in [0, 1] and returns the named activations."""
+
+    def __init__(self, features: nn.Sequential, arch: str, layers: tuple[str, ...]) -> None:
+        super().__init__()
+        index = VGG_LAYERS[arch]
+        unknown = [name for name in layers if name not in index]
+        if unknown:
+            raise StyleTransferError(f"{arch} has no layer {', '.join(unknown)}; known: {', '.join(index)}")
+        self.at = {index[name]: name for name in layers}
+        self.features = features[: max(self.at) + 1]
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor, only: str | None = None) -> dict[str, torch.Tensor]:
+        """Activations at every layer asked for, or (faster) only at layer ``only``."""
+        x = (images - self.mean) / self.std
+        out = {}
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in self.at and only in (None, self.at[i]):
+                out[self.at[i]] = x
+                if only is not None:
+                    break
+        return out
+
+
+def gram_matrix(features: torch.Tensor) -> torch.Tensor:
+    """Gram matrix per image, normalised by C*H*W as in Johnson et al.: shape (B, C, C)."""
+    b, c, h, w = features.shape
+    f = features.reshape(b, c, h * w).float()
+    return torch.bmm(f, f.transpose(1, 2)) / (c * h * w)
+
+
+def total_variation(images: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference between neighbouring pixels."""
+    dh = (images[..., 1:, :] - images[..., :-1, :]).abs().mean()
+    dw = (images[..., :, 1:] - images[..., :, :-1]).abs().mean()
+    return dh + dw
+
+
+def relative_mse(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Squared error relative to the target's own energy (scale free)."""
+    x, target = x.float(), target.float()
+    return F.mse_loss(x, target) / target.pow(2).mean().clamp_min(1e-8)
+
+
+class PerceptualLoss(nn.Module):
+    """Content + style + TV loss against one style image, whose Grams are computed once."""
+
+    def __init__(
+        self,
+        features: nn.Sequential,
+        style_image: torch.Tensor,
+        arch: str = "vgg16",
+        weights: LossWeights | None = None,
+        content_layer: str = CONTENT_LAYER,
+        style_layers: tuple[str, ...] = STYLE_LAYERS,
+    ) -> None:
+        super().__init__()
+        self.weights = weights or LossWeights()
+        self.content_layer, self.style_layers = content_layer, tuple(style_layers)
+        self.vgg = VGGFeatures(features, arch, tuple(dict.fromkeys((content_layer, *style_layers))))
+        with torch.no_grad():
+            style_features = self.vgg(style_image.unsqueeze(0) if style_image.dim() == 3 else style_image)
+        for name in self.style_layers:
+            self.register_buffer(f"gram_{name}", gram_matrix(style_features[name])[:1])
+
+    def forward(self, output: torch.Tensor, content: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Loss terms for stylised ``output`` of ``content`` images; ``total`` is the weighted sum."""
+        with torch.no_grad():
+            content_target = self.vgg(content, only=self.content_layer)[self.content_layer]
+        feats = self.vgg(output)
+        content_loss = relative_mse(feats[self.content_layer], content_target)
+        style_loss = sum(
+            relative_mse(gram_matrix(feats[n]), getattr(self, f"gram_{n}").expand(output.shape[0], -1, -1))
+            for n in self.style_layers
+        ) / len(self.style_layers)
+        tv_loss = total_variation(output.float())
+        w = self.weights
+        total = w.content * content_loss + w.style * style_loss + w.tv * tv_loss
+        return {"content": content_loss, "style": style_loss, "tv": tv_loss, "total": total}

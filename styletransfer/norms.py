@@ -1,0 +1,182 @@
+"""Normalisation layers and the one factory that maps a name to a layer.
+
+The four normalisations compared by the project:
+
+- ``bn``   BatchNorm2d: batch statistics in training, running statistics in eval.
+- ``in``   InstanceNorm2d (affine), the usual choice for style transfer.
+- ``se``   BatchNorm2d followed by a squeeze-and-excitation gate (Hu et al. 2018).
+- ``iebn`` Instance Enhancement Batch Normalization (Liang et al., AAAI 2020).
+
+IEBN keeps BN's batch statistics but rescales BN's gamma per instance and channel
+with a sigmoid gate of the instance's own channel mean (taken before normalisation)::
+
+    m[b,c]     = mean_{h,w} x[b,c]
+    delta[b,c] = sigmoid(m[b,c] * gamma_hat[c] + beta_hat[c])     gamma_hat=0, beta_hat=-1 at init
+    y[b,c]     = (x[b,c] - mu_B[c]) / sigma_B[c] * (gamma[c] * delta[b,c]) + beta[c]
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NORM_NAMES = ("bn", "in", "se", "iebn")
+NORM_LABELS = {"bn": "BN", "in": "IN", "se": "BN+SE", "iebn": "IEBN"}
+
+SE_REDUCTION = 16
+SE_MIN_HIDDEN = 8
+
+
+class IEBN2d(nn.BatchNorm2d):
+    """Instance Enhancement Batch Normalization, a drop-in for ``nn.BatchNorm2d``.
+
+    BN without its own affine step is applied on batch statistics (training) or running
+    statistics (eval); the affine step uses ``gamma * gate`` where ``gate`` depends on each
+    instance's raw channel mean. The ablation knobs of the paper are options, not copies:
+
+    - ``excite``: which affine parameter the gate rescales: ``"gamma"`` (IEBN), ``"beta"``
+      or ``"both"``.
+    - ``squeeze``: how the squeezed mean becomes the gate's input: ``"linear"`` (IEBN, one
+      weight and bias per channel), ``"identity"`` (only a bias), or ``"fc"`` (an SE-like
+      bottleneck across channels).
+    - ``activation``: ``"sigmoid"`` (IEBN) or ``"tanh"``.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        *,
+        excite: str = "gamma",
+        squeeze: str = "linear",
+        activation: str = "sigmoid",
+        reduction: int = SE_REDUCTION,
+    ) -> None:
+        super().__init__(num_features, eps, momentum, affine=True, track_running_stats=True)
+        if excite not in ("gamma", "beta", "both"):
+            raise ValueError(f"excite must be gamma, beta or both, not {excite!r}")
+        if squeeze not in ("linear", "identity", "fc"):
+            raise ValueError(f"squeeze must be linear, identity or fc, not {squeeze!r}")
+        if activation not in ("sigmoid", "tanh"):
+            raise ValueError(f"activation must be sigmoid or tanh, not {activation!r}")
+        self.excite, self.squeeze, self.activation = excite, squeeze, activation
+        # The paper's two extra parameters per channel (gamma_hat, beta_hat).
+        self.gate_weight = nn.Parameter(torch.zeros(num_features))
+        self.gate_bias = nn.Parameter(torch.full((num_features,), -1.0))
+        if squeeze == "identity":
+            self.gate_weight.requires_grad_(False)
+            self.gate_weight.data.fill_(1.0)
+        self.gate_fc = None
+        if squeeze == "fc":
+            hidden = max(num_features // reduction, SE_MIN_HIDDEN)
+            self.gate_fc = nn.Sequential(
+                nn.Linear(num_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_features)
+            )
+
+    def gate(self, x: torch.Tensor) -> torch.Tensor:
+        """The per-instance, per-channel gate ``delta[b, c]`` for input ``x``."""
+        m = x.mean(dim=(2, 3))
+        if self.gate_fc is not None:
+            m = self.gate_fc(m)
+        z = m * self.gate_weight + self.gate_bias
+        return torch.sigmoid(z) if self.activation == "sigmoid" else torch.tanh(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(x)
+        gate = self.gate(x)[:, :, None, None]
+        x_hat = F.batch_norm(
+            x,
+            self.running_mean,
+            self.running_var,
+            None,
+            None,
+            self.training,
+            self._momentum(),
+            self.eps,
+        )
+        gamma = self.weight[None, :, None, None]
+        beta = self.bias[None, :, None, None]
+        if self.excite in ("gamma", "both"):
+            gamma = gamma * gate
+        if self.excite in ("beta", "both"):
+            beta = beta * gate
+        return x_hat * gamma + beta
+
+    def _momentum(self) -> float:
+        # Same rule as nn.BatchNorm2d: momentum=None means a cumulative moving average.
+        if self.training:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                return 1.0 / float(self.num_batches_tracked)
+        return 0.0 if self.momentum is None else self.momentum
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, excite={self.excite}, squeeze={self.squeeze}, activation={self.activation}"
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation: avg-pool, FC C->C/r, ReLU, FC C/r->C, sigmoid, rescale."""
+
+    def __init__(self, channels: int, reduction: int = SE_REDUCTION) -> None:
+        super().__init__()
+        hidden = max(channels // reduction, SE_MIN_HIDDEN)
+        self.fc1 = nn.Linear(channels, hidden)
+        self.fc2 = nn.Linear(hidden, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean(dim=(2, 3))
+        s = torch.sigmoid(self.fc2(F.relu(self.fc1(s))))
+        return x * s[:, :, None, None]
+
+
+class BatchNormSE(nn.Sequential):
+    """BN followed by an SE gate on its output (the paper's BN+SE)."""
+
+    def __init__(self, channels: int, reduction: int = SE_REDUCTION) -> None:
+        super().__init__(nn.BatchNorm2d(channels), SqueezeExcite(channels, reduction))
+
+
+def make_norm(name: str, channels: int, **options) -> nn.Module:
+    """Build the normalisation layer called ``name`` for ``channels`` channels.
+
+    ``options`` go to IEBN2d (``excite``, ``squeeze``, ``activation``) or to the SE
+    gate (``reduction``).
+    """
+    if name == "bn":
+        return nn.BatchNorm2d(channels)
+    if name == "in":
+        return nn.InstanceNorm2d(channels, affine=True)
+    if name == "se":
+        return BatchNormSE(channels, **options)
+    if name == "iebn":
+        return IEBN2d(channels, **options)
+    raise ValueError(f"unknown norm {name!r}; choose one of {', '.join(NORM_NAMES)}")
+
+
+def convert_bn_to_iebn(module: nn.Module, **options) -> nn.Module:
+    """Replace every ``BatchNorm2d`` in ``module`` with an ``IEBN2d`` carrying over its state.
+
+    Running statistics, ``eps``, ``momentum`` and the affine ``weight``/``bias`` are copied;
+    the gate starts at its paper initialisation. Works like
+    ``nn.SyncBatchNorm.convert_sync_batchnorm``: returns the converted module (a new one
+    when ``module`` itself is a BatchNorm2d).
+    """
+    if isinstance(module, nn.BatchNorm2d) and not isinstance(module, IEBN2d):
+        iebn = IEBN2d(module.num_features, module.eps, module.momentum, **options)
+        with torch.no_grad():
+            if module.affine:
+                iebn.weight.copy_(module.weight)
+                iebn.bias.copy_(module.bias)
+            if module.track_running_stats:
+                iebn.running_mean.copy_(module.running_mean)
+                iebn.running_var.copy_(module.running_var)
+                iebn.num_batches_tracked.copy_(module.num_batches_tracked)
+        if module.running_mean is not None:
+            iebn.to(module.running_mean.device)
+        iebn.train(module.training)
+        return iebn
+    for name, child in module.named_children():
+        module.add_module(name, convert_bn_to_iebn(child, **options))
+    return module

@@ -1,0 +1,340 @@
+"""Training a transformation network for one style: one readable loop.
+
+A run lives in one folder: ``checkpoint.safetensors`` (the latest model, optimiser and
+step, rewritten atomically every ``checkpoint_every`` steps, at the end and on Ctrl-C) and
+``losses.jsonl`` (one line per step). Batches are a pure function of (seed, step), so a
+resumed run sees exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch.utils.data import DataLoader
+
+from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from .data import ContentImages, StepBatches, image_to_tensor, load_image
+from .devices import autocast, pick_device, resolve_precision
+from .errors import StyleTransferError, TrainingDiverged, TrainingInterrupted
+from .loss import RANDOM_WEIGHTS, STYLE_LAYERS, LossWeights, PerceptualLoss, load_vgg_features
+from .network import TransformerNet
+from .norms import NORM_NAMES
+
+CHECKPOINT_NAME = "checkpoint.safetensors"
+LOG_NAME = "losses.jsonl"
+LOSS_TERMS = ("content", "style", "tv", "total")
+HISTORY_POINTS = 200  # loss curve points kept inside each checkpoint's metadata
+
+
+@dataclass
+class TrainConfig:
+    style: str
+    content_dir: str
+    out: str
+    norm: str = "iebn"
+    iterations: int = 2000
+    image_size: int = 256
+    style_size: int = 512
+    batch_size: int = 4
+    lr: float = 1e-3
+    content_weight: float = LossWeights.content
+    style_weight: float = LossWeights.style
+    tv_weight: float = LossWeights.tv
+    vgg: str = "vgg16"
+    vgg_weights: str | None = None
+    content_layer: str = "relu2_2"
+    style_layers: tuple[str, ...] = STYLE_LAYERS
+    seed: int = 0
+    checkpoint_every: int = 500
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool = True
+    workers: int | None = None
+    style_name: str | None = None
+    style_credit: str | None = None
+    norm_options: dict = field(default_factory=dict)
+
+    # Settings that may change when a run is resumed; all others must stay as they were.
+    RESUMABLE = ("iterations", "checkpoint_every", "device", "precision", "channels_last", "workers", "vgg_weights")
+
+
+def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None) -> Path:
+    """Train (or resume) the run in ``cfg.out``; returns the checkpoint path."""
+    console = console or Console(stderr=True)
+    validate(cfg)
+    run_dir = Path(cfg.out)
+    ckpt_path = run_dir / CHECKPOINT_NAME
+    device = pick_device(cfg.device)
+    amp_dtype = resolve_precision(cfg.precision, device)
+    torch.manual_seed(cfg.seed)
+
+    model = TransformerNet(cfg.norm, cfg.norm_options)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    start_step = 0
+    if resume and ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path, with_optimizer=True)
+        model.load_state_dict(ckpt.model_state)
+        if ckpt.optimizer_state is None:
+            raise StyleTransferError(f"{ckpt_path}: holds no optimiser state, so it cannot be resumed")
+        optimizer.load_state_dict(ckpt.optimizer_state)
+        start_step = ckpt.meta["step"]
+        console.print(f"resuming {run_dir} at step {start_step}")
+    elif resume:
+        console.print(f"{ckpt_path} not found: starting {run_dir} from step 0")
+    elif ckpt_path.exists():
+        raise StyleTransferError(f"{run_dir} already holds a run; add --resume to continue it or choose another --out")
+    model.to(device).train()
+    optimizer_to(optimizer, device)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format)
+
+    style_image = load_image(cfg.style, max_size=cfg.style_size)
+    loss_fn = PerceptualLoss(
+        load_vgg_features(cfg.vgg, cfg.vgg_weights),
+        image_to_tensor(style_image).to(device),
+        cfg.vgg,
+        LossWeights(cfg.content_weight, cfg.style_weight, cfg.tv_weight),
+        cfg.content_layer,
+        tuple(cfg.style_layers),
+    ).to(device, memory_format=memory_format)
+    data = ContentImages(cfg.content_dir, cfg.image_size)
+    if data.skipped:
+        console.print(f"skipped {len(data.skipped)} unreadable file(s) in {cfg.content_dir}")
+    workers = cfg.workers if cfg.workers is not None else (4 if device.type == "cuda" else 0)
+    loader = DataLoader(
+        data,
+        batch_sampler=StepBatches(len(data), cfg.batch_size, cfg.seed, start_step, cfg.iterations),
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    log = LossLog(run_dir / LOG_NAME)
+    log.truncate(start_step)
+    recent = deque(maxlen=max(1, cfg.iterations // 10))
+
+    def save(step: int) -> None:
+        meta = checkpoint_metadata(cfg, step, recent, log, vgg_description(cfg))
+        save_checkpoint(ckpt_path, model, meta, optimizer)
+
+    stop = StopRequest()
+    step = start_step
+    with stop, training_progress(console, start_step, cfg.iterations) as progress:
+        for step, content in enumerate(loader, start=start_step + 1):
+            content = content.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+            with autocast(device, amp_dtype):
+                losses = loss_fn(model(content), content)
+            values = {k: v.item() for k, v in losses.items()}
+            if not all(math.isfinite(v) for v in values.values()):
+                kept = f"the last good checkpoint {ckpt_path} is kept" if ckpt_path.exists() else "no checkpoint yet"
+                raise TrainingDiverged(
+                    f"loss became {values['total']} at step {step} ({kept}); lower --lr and try again"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(losses["total"]).backward()
+            scaler.step(optimizer)
+            scaler.update()
+
+            log.write(step, values)
+            recent.append(values)
+            progress(step, values)
+            if step % cfg.checkpoint_every == 0 or step == cfg.iterations:
+                save(step)
+            if stop.requested:
+                save(step)
+                raise TrainingInterrupted(
+                    f"interrupted at step {step}; saved {ckpt_path}. "
+                    f"Continue with: styletransfer train --out {run_dir} --resume"
+                )
+    if start_step >= cfg.iterations:
+        console.print(f"{run_dir} already trained for {start_step} steps; raise --iterations to train further")
+    log.close()
+    return ckpt_path
+
+
+def config_for_resume(out: str | Path, given: dict) -> TrainConfig:
+    """The saved settings of the run in ``out``, updated with the resumable ones in ``given``."""
+    ckpt_path = Path(out) / CHECKPOINT_NAME
+    saved = load_checkpoint(ckpt_path).meta["config"]
+    for name, value in given.items():
+        if name in TrainConfig.RESUMABLE or name == "out":
+            saved[name] = value
+        elif value != saved.get(name) and not (name == "style_layers" and list(value) == saved.get(name)):
+            raise StyleTransferError(
+                f"{out} was trained with --{name.replace('_', '-')} {saved.get(name)}; "
+                "drop that option to resume, or start a new run with another --out"
+            )
+    saved["style_layers"] = tuple(saved["style_layers"])
+    return TrainConfig(**saved)
+
+
+def validate(cfg: TrainConfig) -> None:
+    if cfg.norm not in NORM_NAMES:
+        raise StyleTransferError(f"unknown norm {cfg.norm!r}; choose one of {', '.join(NORM_NAMES)}")
+    for name in ("iterations", "image_size", "style_size", "batch_size", "checkpoint_every"):
+        if getattr(cfg, name) < 1:
+            raise StyleTransferError(f"--{name.replace('_', '-')} must be at least 1")
+    if cfg.image_size < 16:
+        raise StyleTransferError("--image-size must be at least 16")
+    if cfg.norm in ("bn", "se", "iebn") and cfg.batch_size < 2:
+        raise StyleTransferError(f"--norm {cfg.norm} uses batch statistics: --batch-size must be at least 2")
+    if not cfg.lr > 0:
+        raise StyleTransferError("--lr must be positive")
+
+
+def optimizer_to(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    for state in optimizer.state.values():
+        for k, v in state.items():
+            if torch.is_tensor(v) and k != "step":
+                state[k] = v.to(device)
+
+
+def vgg_description(cfg: TrainConfig) -> str:
+    if cfg.vgg_weights == RANDOM_WEIGHTS:
+        return f"{cfg.vgg} (random weights)"
+    if cfg.vgg_weights:
+        return f"{cfg.vgg} ({Path(cfg.vgg_weights).name})"
+    return f"{cfg.vgg} (torchvision IMAGENET1K_V1)"
+
+
+def checkpoint_metadata(cfg: TrainConfig, step: int, recent, log: LossLog, vgg: str) -> dict:
+    config = asdict(cfg)
+    config["style_layers"] = list(cfg.style_layers)
+    losses = {k: sum(r[k] for r in recent) / len(recent) for k in LOSS_TERMS} if recent else {}
+    return {
+        "norm": cfg.norm,
+        "norm_options": cfg.norm_options,
+        "style": cfg.style_name or Path(cfg.style).stem,
+        "style_credit": cfg.style_credit,
+        "step": step,
+        "image_size": cfg.image_size,
+        "vgg": vgg,
+        "losses": losses,
+        "history": log.history(HISTORY_POINTS),
+        "config": config,
+    }
+
+
+class LossLog:
+    """``losses.jsonl``: one JSON line per step, flushed as written."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.file = None
+
+    def truncate(self, last_step: int) -> None:
+        """Keep only steps up to ``last_step``: steps after the last checkpoint are redone."""
+        kept = [r for r in read_log(self.path) if r["step"] <= last_step] if self.path.exists() else []
+        atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+        self.file = open(self.path, "a", encoding="utf-8")
+
+    def write(self, step: int, values: dict) -> None:
+        self.file.write(json.dumps({"step": step, **{k: round(v, 7) for k, v in values.items()}}) + "\n")
+        self.file.flush()
+
+    def history(self, points: int) -> dict:
+        """The curve so far, averaged into at most ``points`` buckets."""
+        return downsample(read_log(self.path), points)
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+
+
+def read_log(path: Path) -> list[dict]:
+    """Rows of a loss log (``.jsonl`` or ``.jsonl.gz``); a torn last line is ignored."""
+    import gzip
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    rows = []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("step"), int):
+                rows.append(row)
+    return rows
+
+
+def downsample(rows: list[dict], points: int) -> dict:
+    if not rows:
+        return {}
+    size = max(1, math.ceil(len(rows) / points))
+    out = {"step": []} | {k: [] for k in LOSS_TERMS}
+    for i in range(0, len(rows), size):
+        bucket = rows[i : i + size]
+        out["step"].append(bucket[-1]["step"])
+        for k in LOSS_TERMS:
+            out[k].append(round(sum(r[k] for r in bucket) / len(bucket), 7))
+    return out
+
+
+class StopRequest:
+    """First Ctrl-C asks the loop to save and stop after the current step; a second one aborts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __enter__(self):
+        self.previous = signal.getsignal(signal.SIGINT)
+        try:
+            signal.signal(signal.SIGINT, self.handle)
+        except ValueError:  # not the main thread: leave Ctrl-C as it is
+            self.previous = None
+        return self
+
+    def handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+class training_progress:
+    """A rich progress bar on a terminal; a plain line every 50 steps otherwise (logs)."""
+
+    def __init__(self, console: Console, start: int, total: int) -> None:
+        self.console, self.start, self.total = console, start, total
+        self.started = time.perf_counter()
+        self.bar = None
+
+    def __enter__(self):
+        if self.console.is_terminal:
+            self.bar = Progress(
+                TextColumn("[bold]train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[losses]}"),
+                console=self.console,
+            )
+            self.bar.__enter__()
+            self.task = self.bar.add_task("train", total=self.total, completed=self.start, rate="", losses="")
+        return self.update
+
+    def update(self, step: int, values: dict) -> None:
+        rate = (step - self.start) / max(time.perf_counter() - self.started, 1e-9)
+        losses = "  ".join(f"{k} {values[k]:.4g}" for k in LOSS_TERMS)
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, rate=f"{rate:.2f} it/s", losses=losses)
+        elif step % 50 == 0 or step == self.total:
+            eta = (self.total - step) / max(rate, 1e-9)
+            self.console.print(f"step {step}/{self.total}  {rate:.2f} it/s  eta {eta / 60:.1f} min  {losses}")
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
