@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import torchvision
 from torch import nn
 from torchvision.models import vgg as tv_vgg
@@ -145,9 +144,13 @@ def total_variation(images: torch.Tensor) -> torch.Tensor:
 
 
 def relative_mse(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Squared error relative to the target's own energy (scale free)."""
-    x, target = x.float(), target.float()
-    return F.mse_loss(x, target) / target.pow(2).mean().clamp_min(1e-8)
+    """Squared error relative to the target's own energy (scale free), per image, then averaged.
+
+    Per image, so a batch's loss does not depend on how it is split (across processes, say).
+    """
+    x, target = x.float().flatten(1), target.float().flatten(1)
+    per_image = (x - target).pow(2).mean(1) / target.pow(2).mean(1).clamp_min(1e-8)
+    return per_image.mean()
 
 
 class PerceptualLoss(nn.Module):

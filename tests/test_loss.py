@@ -29,8 +29,14 @@ def test_total_variation_of_a_known_image():
 
 
 def test_relative_mse_does_not_depend_on_activation_scale():
-    a, b = torch.randn(10), torch.randn(10)
+    a, b = torch.randn(2, 10), torch.randn(2, 10)
     torch.testing.assert_close(relative_mse(a * 100, b * 100), relative_mse(a, b))
+
+
+def test_relative_mse_of_a_batch_is_the_mean_of_its_halves():
+    a, b = torch.randn(4, 3, 5, 5), torch.randn(4, 3, 5, 5) * 3
+    halves = (relative_mse(a[:2], b[:2]) + relative_mse(a[2:], b[2:])) / 2
+    torch.testing.assert_close(relative_mse(a, b), halves)
 
 
 def save_vgg16(path, features_only):
