@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .syncbn import batch_norm
+
 NORM_NAMES = ("bn", "in", "se", "iebn")
 NORM_LABELS = {"bn": "BN", "in": "IN", "se": "BN+SE", "iebn": "IEBN"}
 
@@ -42,6 +44,8 @@ class IEBN2d(nn.BatchNorm2d):
       bottleneck across channels).
     - ``activation``: ``"sigmoid"`` (IEBN) or ``"tanh"``.
     """
+
+    process_group = None  # set by syncbn.use_global_batch_statistics for distributed training
 
     def __init__(
         self,
@@ -86,7 +90,7 @@ class IEBN2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)
         gate = self.gate(x)[:, :, None, None]
-        x_hat = F.batch_norm(
+        x_hat = batch_norm(
             x,
             self.running_mean,
             self.running_var,
@@ -95,6 +99,7 @@ class IEBN2d(nn.BatchNorm2d):
             self.training,
             self._momentum(),
             self.eps,
+            self.process_group,
         )
         gamma = self.weight[None, :, None, None]
         beta = self.bias[None, :, None, None]
