@@ -1,0 +1,411 @@
+"""Web demo: stylise a photo with every normalisation trained for a style, side by side.
+
+    .venv/bin/python app.py [--checkpoints checkpoints] [--port 7860] [--listen] [--share]
+
+The page's stylise function is also the API endpoint ``/stylize`` (see the README's "Web demo").
+Tests build the page with :func:`build_app` and call :meth:`StyleDemo.stylize` directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import re
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import gradio as gr
+from PIL import Image, UnidentifiedImageError
+
+from styletransfer.compare import find_checkpoints
+from styletransfer.data import IMAGE_SUFFIXES, load_image
+from styletransfer.devices import pick_device
+from styletransfer.errors import StyleTransferError
+from styletransfer.norms import NORM_LABELS, NORM_NAMES
+from styletransfer.plot import NORM_COLOURS, load_run, smooth
+from styletransfer.stylize import Stylizer
+
+EXAMPLES = Path(__file__).resolve().parent / "examples"
+SIZE_MIN, SIZE_MAX, SIZE_DEFAULT = 256, 1024, 512
+MAX_FILE_SIZE = "20mb"
+QUEUE_SIZE = 32  # requests waiting beyond this are turned away with "queue full"
+CURVE_TERMS = ("content", "style", "total")
+RESULT_MAX_AGE_S = 3600
+STYLE_PREVIEW_SIZE = 512
+
+INTRO = """# Style transfer: BN, IN, BN+SE and IEBN side by side
+Upload a photo or pick an example, choose a style and press **Stylise**. Every normalisation trained
+on that style renders the photo; each result is captioned with its final training losses and the time
+it took. The **Training curves** tab shows how the models of the style learned."""
+
+
+def user_error(message: str) -> gr.Error:
+    """A one-line message shown in the page; the server log gets no traceback for bad input."""
+    return gr.Error(message, print_exception=False)
+
+
+class ContentImage(gr.Image):
+    """An image input whose non-image uploads get a one-line message instead of Pillow's exception."""
+
+    is_template = True  # drawn by the frontend's ordinary image component
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except Image.DecompressionBombError:
+            raise user_error(f"{upload_name(payload)}: image too large (over {2 * Image.MAX_IMAGE_PIXELS:,} pixels)") from None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+            raise user_error(f"{upload_name(payload)}: not an image file (or a format Pillow cannot read)") from None
+
+
+def upload_name(payload) -> str:
+    return getattr(payload, "orig_name", None) or "the uploaded file"
+
+
+class StyleLibrary:
+    """The checkpoints of a folder by style and norm; each model is loaded on first use and kept."""
+
+    def __init__(self, checkpoints_dir: str | Path, styles_dir: str | Path = "styles", device: str = "auto") -> None:
+        self.folder, self.styles_dir = Path(checkpoints_dir), Path(styles_dir)
+        self.device = str(pick_device(device))
+        self.by_style: dict[str, dict[str, tuple[Path, dict]]] = {}
+        for path, meta in find_checkpoints(self.folder):  # ordered, so the first of duplicates wins
+            style = meta.get("style") or path.parent.name
+            self.by_style.setdefault(style, {}).setdefault(meta["norm"], (path, meta))
+        self.loaded: dict[Path, Stylizer] = {}
+        self.runs: dict[Path, object] = {}
+        self.model_lock, self.run_lock = threading.Lock(), threading.Lock()
+
+    @property
+    def styles(self) -> list[str]:
+        return sorted(self.by_style)
+
+    def checkpoints(self, style: str) -> list[tuple[Path, dict]]:
+        """The style's (path, metadata) pairs in the order BN, IN, BN+SE, IEBN."""
+        if style not in self.by_style:
+            raise StyleTransferError(f"unknown style {style!r}; choose one of: {', '.join(self.styles)}")
+        by_norm = self.by_style[style]
+        return [by_norm[norm] for norm in NORM_NAMES if norm in by_norm]
+
+    def stylizer(self, path: Path) -> Stylizer:
+        with self.model_lock:  # two first requests at once must not load the same model twice
+            if path not in self.loaded:
+                self.loaded[path] = Stylizer(path, self.device)
+            return self.loaded[path]
+
+    def run(self, path: Path):
+        """The loss curve of a checkpoint: the full log beside it if readable, else the checkpoint's history."""
+        with self.run_lock:
+            if path not in self.runs:
+                logs = [path.with_name(f"{path.stem}.losses.jsonl{ext}") for ext in (".gz", "")]
+                self.runs[path] = first_readable_run([log for log in logs if log.is_file()] + [path])
+            return self.runs[path]
+
+    def style_image(self, style: str) -> Path | None:
+        """``styles/<style>.<image suffix>`` if there is one."""
+        if not self.styles_dir.is_dir():
+            return None
+        found = [p for p in self.styles_dir.iterdir() if p.stem == style and p.suffix.lower() in IMAGE_SUFFIXES]
+        return min(found, default=None)
+
+
+def first_readable_run(sources: list[Path]):
+    for source in sources[:-1]:
+        try:
+            return load_run(source)
+        except (StyleTransferError, OSError, EOFError):  # a damaged log: fall back to the next source
+            continue
+    return load_run(sources[-1])
+
+
+class ResultFolder:
+    """Where results are written as named PNGs for download; folders older than an hour are removed."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="styletransfer-demo-"))
+        atexit.register(shutil.rmtree, self.root, True)
+
+    def new_folder(self) -> Path:
+        cutoff = time.time() - RESULT_MAX_AGE_S
+        for old in self.root.iterdir():
+            if old.stat().st_mtime < cutoff:
+                shutil.rmtree(old, ignore_errors=True)
+        folder = self.root / uuid.uuid4().hex
+        folder.mkdir()
+        return folder
+
+
+class StyleDemo:
+    """What the page does, independent of its layout: stylise, describe a style, plot its curves."""
+
+    def __init__(self, checkpoints_dir: str | Path = "checkpoints", styles_dir: str | Path = "styles", device: str = "auto") -> None:
+        self.library = StyleLibrary(checkpoints_dir, styles_dir, device)
+        self.results = ResultFolder()
+
+    def stylize(self, content: str | None, style: str, size: float = SIZE_DEFAULT) -> list[tuple[str, str]]:
+        """Stylise the image file ``content`` with each norm trained for ``style``, long side ``size``.
+
+        Returns one (PNG path, caption) pair per norm, in the order BN, IN, BN+SE, IEBN.
+        """
+        if not self.library.styles:
+            raise user_error(f"{self.library.folder} holds no checkpoints; " + TRAIN_HINT.format(folder=self.library.folder))
+        if not content:
+            raise user_error("no content photo: upload one or pick an example first")
+        size = checked_size(size)
+        try:
+            checkpoints = self.library.checkpoints(style)
+            image = load_content(Path(content), size)
+            folder, stem = self.results.new_folder(), file_stem(Path(content))
+            results = []
+            for path, meta in checkpoints:
+                out = folder / f"{stem}-{style}-{meta['norm']}.png"  # the name a download gets
+                results.append(self.stylize_one(image, path, meta, out))
+            return results
+        except StyleTransferError as e:
+            raise user_error(str(e)) from None
+
+    def stylize_one(self, image: Image.Image, checkpoint: Path, meta: dict, out: Path) -> tuple[str, str]:
+        stylizer = self.library.stylizer(checkpoint)
+        start = time.perf_counter()
+        result = stylizer.stylize(image)
+        seconds = time.perf_counter() - start
+        result.save(out, "PNG")
+        return str(out), result_caption(meta, seconds)
+
+    def style_panel(self, style: str | None) -> tuple[str, Image.Image | None]:
+        """The style's name, credit and models as Markdown, and its painting if ``styles/`` has it."""
+        if style not in self.library.by_style:
+            return "", None
+        metas = [meta for _, meta in self.library.checkpoints(style)]
+        credit = next((m["style_credit"] for m in metas if m.get("style_credit")), "credit not recorded")
+        lines = [f"### {pretty(style)}", f"{credit}", "", f"Models: {trained_models(metas)}"]
+        painting, path = None, self.library.style_image(style)
+        if path is not None:
+            try:
+                painting = load_image(path, STYLE_PREVIEW_SIZE)
+            except StyleTransferError as e:
+                lines.append(f"(style image unreadable: {e})")
+        return "\n".join(lines), painting
+
+    def loss_curves(self, style: str | None):
+        """A matplotlib figure of the content, style and total loss of the style's models."""
+        if style not in self.library.by_style:
+            return None
+        runs, missing = [], []
+        for path, meta in self.library.checkpoints(style):
+            try:
+                runs.append((meta["norm"], self.library.run(path)))
+            except StyleTransferError:
+                missing.append(NORM_LABELS[meta["norm"]])
+        return curves_figure(runs, f"training loss · {pretty(style)}", missing)
+
+    def no_checkpoints_text(self) -> str:
+        folder = self.library.folder.as_posix()
+        return NO_CHECKPOINTS.format(folder=folder)
+
+
+TRAIN_HINT = "train one with `styletransfer train --style STYLE.jpg --content-dir PHOTOS/ --norm iebn --out runs/NAME`, then `styletransfer export runs/NAME/checkpoint.safetensors {folder}/NAME/iebn.safetensors`"
+
+NO_CHECKPOINTS = """## No checkpoints yet
+`{folder}` holds no checkpoints (`{folder}/<style>/<norm>.safetensors`). Train a style on a folder of
+photos and export the result, then start the demo again:
+
+    styletransfer train --style STYLE.jpg --content-dir PHOTOS/ --norm iebn --out runs/NAME
+    styletransfer export runs/NAME/checkpoint.safetensors {folder}/NAME/iebn.safetensors
+
+Train `--norm bn`, `in` and `se` the same way (each into its own run folder) to compare the four;
+`scripts/train_style.sh` does all four with identical settings."""
+
+
+def checked_size(size: float) -> int:
+    try:
+        size = int(round(float(size)))
+    except (TypeError, ValueError):
+        raise user_error(f"output size must be a number of pixels, not {size!r}") from None
+    if not SIZE_MIN <= size <= SIZE_MAX:
+        raise user_error(f"output size {size} is out of range; choose {SIZE_MIN} to {SIZE_MAX} pixels")
+    return size
+
+
+def load_content(path: Path, size: int) -> Image.Image:
+    """The photo scaled (up or down) so that its long side is ``size``, aspect ratio kept."""
+    try:
+        image = load_image(path, max_size=size)
+    except StyleTransferError as e:  # name the upload, not its place in the server's cache
+        raise StyleTransferError(str(e).replace(str(path), path.name, 1)) from None
+    scale = size / max(image.size)
+    target = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image if target == image.size else image.resize(target, Image.Resampling.LANCZOS)
+
+
+def file_stem(path: Path) -> str:
+    """The upload's name, safe for a download file name."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", path.stem)[:40].strip("_") or "image"
+
+
+def pretty(style: str) -> str:
+    return style.replace("_", " ")
+
+
+def result_caption(meta: dict, seconds: float) -> str:
+    losses = meta.get("losses") or {}
+    parts = [NORM_LABELS[meta["norm"]]]
+    if "style" in losses and "content" in losses:
+        parts.append(f"style {losses['style']:.3g} · content {losses['content']:.3g}")
+    parts.append(f"{seconds:.2f} s")
+    return " · ".join(parts)
+
+
+def trained_models(metas: list[dict]) -> str:
+    """E.g. "BN, IN, BN+SE, IEBN (2,000 iterations each)"."""
+    steps = {m.get("step") for m in metas}
+    if len(steps) == 1 and None not in steps:
+        return f"{', '.join(NORM_LABELS[m['norm']] for m in metas)} ({steps.pop():,} iterations each)"
+    return ", ".join(f"{NORM_LABELS[m['norm']]} ({m['step']:,} iterations)" if m.get("step") else NORM_LABELS[m["norm"]] for m in metas)
+
+
+def curves_figure(runs: list[tuple[str, object]], title: str, missing: list[str]):
+    from matplotlib.figure import Figure  # no pyplot: its global state is not thread-safe
+
+    fig = Figure(figsize=(12, 3.9))
+    axes = fig.subplots(1, len(CURVE_TERMS), sharex=True)
+    for norm, run in runs:
+        for ax, term in zip(axes, CURVE_TERMS):
+            steps, values = run.curve["step"], run.curve.get(term)
+            if not values:
+                continue
+            if len(values) > 20:  # raw values faintly, a smoothed line on top
+                ax.plot(steps, values, color=NORM_COLOURS[norm], alpha=0.15, linewidth=0.8)
+                values = smooth(values, 0.9)
+            ax.plot(steps, values, color=NORM_COLOURS[norm], label=NORM_LABELS[norm])
+    for ax, term in zip(axes, CURVE_TERMS):
+        ax.set_title(f"{term} loss")
+        ax.set_yscale("log")
+        ax.set_xlabel("iteration")
+        ax.grid(True, which="both", alpha=0.3)
+    if runs:
+        axes[0].legend()
+    fig.suptitle(title + (f" (no loss record for {', '.join(missing)})" if missing else "") + " · log scale")
+    fig.tight_layout()
+    return fig
+
+
+def build_app(
+    checkpoints_dir: str | Path = "checkpoints",
+    styles_dir: str | Path = "styles",
+    device: str = "auto",
+    max_concurrency: int = 1,
+) -> gr.Blocks:
+    """The page for the checkpoints in ``checkpoints_dir``, with a bounded queue."""
+    demo = StyleDemo(checkpoints_dir, styles_dir, device)
+    with gr.Blocks(title="Style transfer: BN, IN, BN+SE, IEBN", analytics_enabled=False, delete_cache=(1800, 3600)) as app:
+        gr.Markdown(INTRO)
+        if demo.library.styles:
+            add_tabs(app, demo)
+        else:
+            gr.Markdown(demo.no_checkpoints_text(), elem_id="no-checkpoints")
+    app.demo = demo  # lets tests and embedding code reach the functions behind the page
+    return app.queue(max_size=QUEUE_SIZE, default_concurrency_limit=max_concurrency)
+
+
+def add_tabs(app: gr.Blocks, demo: StyleDemo) -> None:
+    """The Stylise and Training curves tabs, and their events."""
+    styles = demo.library.styles
+    with gr.Tab("Stylise"):
+        with gr.Row(equal_height=False):
+            with gr.Column():
+                content = ContentImage(label="Content photo", type="filepath", image_mode=None,
+                                       sources=["upload", "clipboard"], height=300, elem_id="content")  # fmt: skip
+                examples = sorted(EXAMPLES.glob("*.jpg"))
+                if examples:
+                    gr.Examples([[str(p)] for p in examples], inputs=content, label="Example photos")
+            with gr.Column():
+                style = gr.Dropdown([(pretty(s), s) for s in styles], value=styles[0], label="Style", elem_id="style")
+                style_info = gr.Markdown(elem_id="style-info")
+                style_image = gr.Image(label="Style image", interactive=False, height=260, buttons=["fullscreen"], elem_id="style-image")
+            with gr.Column():
+                size = gr.Slider(SIZE_MIN, SIZE_MAX, value=SIZE_DEFAULT, step=32, label="Output size (long side, pixels)",
+                                 elem_id="size")
+                run = gr.Button("Stylise", variant="primary", elem_id="stylise")
+        results = gr.Gallery(label="Results: norm · final style and content loss · time", columns=4, object_fit="contain",
+                             height=380, format="png", buttons=["download", "fullscreen"], elem_id="results")  # fmt: skip
+    with gr.Tab("Training curves"):
+        curves = gr.Plot(format="png", show_label=False, elem_id="curves")
+    run.click(demo.stylize, [content, style, size], results, api_name="stylize")
+    shown = [app.load, style.change]  # the first style is shown as soon as the page opens
+    light = {"api_visibility": "private", "concurrency_limit": 2}  # not held up behind a long stylisation
+    gr.on(shown, demo.style_panel, style, [style_info, style_image], **light)
+    gr.on(shown, demo.loss_curves, style, curves, **light)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now (Gradio itself would print port 0 as the URL)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def launch(app: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: bool = False, **options):
+    """Serve ``app`` with the demo's limits; returns Gradio's (app, local URL, share URL)."""
+    return app.launch(
+        server_name=host,
+        server_port=port or free_port(host),
+        share=share,
+        max_file_size=MAX_FILE_SIZE,
+        allowed_paths=[str(EXAMPLES)],
+        **options,
+    )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Web demo: stylise a photo with BN, IN, BN+SE and IEBN side by side.")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 picks a free one)")
+    p.add_argument("--listen", action="store_true", help="listen on all interfaces (0.0.0.0) so other machines can connect")
+    p.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link (needs internet)")
+    p.add_argument("--checkpoints", type=Path, default=Path("checkpoints"), help="folder of <style>/<norm>.safetensors")
+    p.add_argument("--styles", type=Path, default=Path("styles"), help="folder of style images, <style>.jpg etc.")
+    p.add_argument("--max-concurrency", type=int, default=1, help="requests stylised at once; others wait in the queue (default 1)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    args = p.parse_args(argv)
+    if args.max_concurrency < 1:
+        p.error("--max-concurrency must be at least 1")
+    if not 0 <= args.port <= 65535:
+        p.error("--port must be between 0 and 65535")
+    return args
+
+
+def found_line(library: StyleLibrary) -> str:
+    if not library.styles:
+        return f"{library.folder}: no checkpoints; the page explains how to train one"
+    count = sum(len(norms) for norms in library.by_style.values())
+    return f"{library.folder}: {count} checkpoints of the styles {', '.join(library.styles)}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        app = build_app(args.checkpoints, args.styles, args.device, args.max_concurrency)
+    except StyleTransferError as e:
+        sys.exit(f"error: {e}")
+    print(found_line(app.demo.library), flush=True)
+    host = "0.0.0.0" if args.listen else args.host
+    try:
+        _, url, share_url = launch(app, host, args.port, args.share, prevent_thread_lock=True, quiet=True)
+    except OSError:  # Gradio's message names its own launch() arguments; say it in this command's terms
+        sys.exit(f"error: cannot listen on {host}:{args.port} (in use, or not an address of this machine); "
+                 "choose another --port, or --port 0 for a free one")  # fmt: skip
+    print(f"Web demo running on {url} (Ctrl-C stops it)", flush=True)
+    if share_url:
+        print(f"Public link: {share_url}", flush=True)
+    app.block_thread()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,263 @@
+"""The web demo (app.py): its stylise function, its API through gradio_client, and the page in a browser."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from styletransfer.checkpoint import save_checkpoint
+from styletransfer.network import TransformerNet
+from styletransfer.norms import NORM_LABELS, NORM_NAMES
+import app as demo_app
+from tests.conftest import make_photo
+
+CHROMIUM = Path("/usr/bin/chromium")
+# The machine's network is closed: without these Chromium waits on background connections.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+
+def write_checkpoint(folder: Path, style: str, norm: str, seed: int) -> Path:
+    """A random-initialised network saved as ``folder/<style>/<norm>.safetensors`` with made-up losses."""
+    torch.manual_seed(seed)
+    steps = list(range(10, 110, 10))
+    history = {"step": steps} | {term: [1.0 / (s + seed + 1) for s in steps] for term in ("content", "style", "tv", "total")}
+    losses = {"content": 0.5 + seed, "style": 2.0 + seed, "tv": 0.1, "total": 2.6 + 2 * seed}
+    meta = {"norm": norm, "style": style, "style_credit": "Test Painter, Stripes, 2024", "step": 100,
+            "losses": losses, "history": history}  # fmt: skip
+    return save_checkpoint(folder / style / f"{norm}.safetensors", TransformerNet(norm), meta)
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory) -> Path:
+    """Four norms of one style; IEBN also gets the fuller loss log that ``export`` writes beside it."""
+    folder = tmp_path_factory.mktemp("ckpts")
+    for seed, norm in enumerate(NORM_NAMES):
+        write_checkpoint(folder, "stripes", norm, seed)
+    rows = [{"step": s, "content": 1 / s, "style": 2 / s, "tv": 0.1, "total": 3 / s} for s in range(1, 301)]
+    log = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    (folder / "stripes" / "iebn.losses.jsonl.gz").write_bytes(gzip.compress(log))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def demo(ckpts) -> demo_app.StyleDemo:
+    return demo_app.StyleDemo(ckpts, styles_dir=ckpts / "no-styles", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory) -> Path:
+    return make_photo(tmp_path_factory.mktemp("photo") / "wide photo.png", size=(240, 160), seed=3)
+
+
+@pytest.fixture(scope="module")
+def results(demo, photo) -> list[tuple[str, str]]:
+    """The photo stylised at 288 pixels: larger than the photo's long side, so it is scaled up."""
+    return demo.stylize(str(photo), "stripes", 288)
+
+
+def assert_same_aspect(size: tuple[int, int], source: tuple[int, int], long_side: int) -> None:
+    assert max(size) == long_side
+    assert abs(size[0] / size[1] - source[0] / source[1]) < 0.02, (size, source)
+
+
+def test_stylize_gives_one_result_per_norm_at_the_chosen_size(results):
+    assert [caption.split(" · ")[0] for _, caption in results] == [NORM_LABELS[n] for n in NORM_NAMES]
+    for (path, _), norm in zip(results, NORM_NAMES):
+        with Image.open(path) as out:
+            assert_same_aspect(out.size, (240, 160), 288)
+        assert Path(path).name == f"wide_photo-stripes-{norm}.png"
+
+
+def test_stylize_scales_a_large_photo_down(demo, tmp_path):
+    big = make_photo(tmp_path / "big.jpg", size=(600, 900), seed=5)
+    for path, _ in demo.stylize(str(big), "stripes", 256):
+        with Image.open(path) as out:
+            assert_same_aspect(out.size, (600, 900), 256)
+
+
+def test_captions_carry_each_models_final_losses_and_time(results):
+    for seed, (_, caption) in enumerate(results):
+        label, style, content, seconds = caption.split(" · ")
+        assert (style, content) == (f"style {2.0 + seed:.3g}", f"content {0.5 + seed:.3g}")
+        assert seconds.endswith(" s") and float(seconds[:-2]) > 0
+
+
+def test_norms_give_different_stylisations(results):
+    arrays = [np.asarray(Image.open(path)) for path, _ in results]
+    assert all(not np.array_equal(arrays[0], other) for other in arrays[1:])
+
+
+def test_models_are_loaded_once_and_kept(demo, results, photo):
+    first = dict(demo.library.loaded)
+    demo.stylize(str(photo), "stripes", 256)
+    assert len(first) == 4 and all(demo.library.loaded[p] is s for p, s in first.items())
+
+
+def test_a_tall_grey_rgba_image_works(demo, tmp_path):
+    tall = tmp_path / "tall.png"
+    Image.new("LA", (40, 130), (120, 200)).save(tall)
+    for path, _ in demo.stylize(str(tall), "stripes", 256):
+        with Image.open(path) as out:
+            assert out.mode == "RGB"
+            assert_same_aspect(out.size, (40, 130), 256)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("notes.txt", "notes.txt: not an image file"),
+        ("broken.jpg", "broken.jpg: "),
+        (None, "no content photo"),
+    ],
+)
+def test_bad_content_gives_a_one_line_error(demo, tmp_path, photo, content, message):
+    if content == "notes.txt":
+        (tmp_path / content).write_text("not a picture\n")
+    elif content == "broken.jpg":
+        (tmp_path / content).write_bytes(photo.read_bytes()[:300])
+    with pytest.raises(gr.Error) as err:
+        demo.stylize(str(tmp_path / content) if content else None, "stripes", 256)
+    assert message in err.value.message and "\n" not in err.value.message
+    assert str(tmp_path) not in err.value.message  # names the upload, not the server's cache
+
+
+def test_unknown_style_and_size_out_of_range_are_refused(demo, photo):
+    with pytest.raises(gr.Error, match="unknown style 'waves'; choose one of: stripes"):
+        demo.stylize(str(photo), "waves", 256)
+    with pytest.raises(gr.Error, match="out of range"):
+        demo.stylize(str(photo), "stripes", 5000)
+
+
+def test_style_panel_shows_name_credit_and_painting(ckpts, tmp_path):
+    styles = tmp_path / "styles"
+    styles.mkdir()
+    Image.new("RGB", (900, 600), (200, 30, 30)).save(styles / "stripes.jpg")
+    text, painting = demo_app.StyleDemo(ckpts, styles, "cpu").style_panel("stripes")
+    assert "### stripes" in text and "Test Painter, Stripes, 2024" in text
+    assert "BN, IN, BN+SE, IEBN (100 iterations each)" in text
+    assert painting.size == (512, 341)
+
+
+def test_style_panel_without_a_style_image(demo):
+    text, painting = demo.style_panel("stripes")
+    assert "Test Painter" in text and painting is None
+
+
+def test_loss_curves_prefer_the_full_log(demo):
+    fig = demo.loss_curves("stripes")
+    axes = fig.get_axes()
+    assert [ax.get_title() for ax in axes] == ["content loss", "style loss", "total loss"]
+    lines = {line.get_label(): line for line in axes[0].get_lines() if not line.get_label().startswith("_")}
+    assert set(lines) == {NORM_LABELS[n] for n in NORM_NAMES}
+    assert len(lines["IEBN"].get_xdata()) == 300  # from iebn.losses.jsonl.gz
+    assert len(lines["BN"].get_xdata()) == 10  # the history stored in bn.safetensors
+
+
+def test_no_checkpoints_explains_how_to_train(tmp_path):
+    app = demo_app.build_app(tmp_path / "empty", device="cpu")
+    texts = [b.value for b in app.blocks.values() if isinstance(b, gr.Markdown)]
+    train = "styletransfer train --style STYLE.jpg --content-dir PHOTOS/ --norm iebn --out runs/NAME"
+    export = f"styletransfer export runs/NAME/checkpoint.safetensors {(tmp_path / 'empty').as_posix()}/NAME/iebn.safetensors"
+    assert any(train in t and export in t for t in texts)
+    with pytest.raises(gr.Error, match="holds no checkpoints; train one with `styletransfer train"):
+        app.demo.stylize("photo.jpg", "stripes", 512)
+
+
+@pytest.fixture(scope="module")
+def styles(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("styles")
+    Image.new("RGB", (300, 200), (200, 30, 30)).save(folder / "stripes.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def served(ckpts, styles):
+    """The app on a free local port, as ``python app.py --port 0`` starts it."""
+    app = demo_app.build_app(ckpts, styles, device="cpu")
+    _, url, _ = demo_app.launch(app, port=0, prevent_thread_lock=True, quiet=True)
+    yield url
+    app.close()
+
+
+def test_api_returns_one_image_per_norm(served, photo):
+    from gradio_client import Client, handle_file
+
+    client = Client(served, verbose=False)
+    results = client.predict(handle_file(str(photo)), "stripes", 320, api_name="/stylize")
+    assert [r["caption"].split(" · ")[0] for r in results] == [NORM_LABELS[n] for n in NORM_NAMES]
+    for r in results:
+        with Image.open(r["image"]) as out:
+            assert_same_aspect(out.size, (300, 200), 320)
+
+
+def test_api_reports_a_non_image_and_keeps_serving(served, photo, tmp_path):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    notes = tmp_path / "notes.png"
+    notes.write_text("not a picture\n")
+    client = Client(served, verbose=False)
+    with pytest.raises(AppError, match="notes.png: not an image file"):
+        client.predict(handle_file(str(notes)), "stripes", 256, api_name="/stylize")
+    assert len(client.predict(handle_file(str(photo)), "stripes", 256, api_name="/stylize")) == 4
+
+
+
+def test_uploads_over_20_mb_are_refused(served):
+    import httpx
+
+    def upload(megabytes: int) -> int:
+        data = bytes(megabytes * 1024 * 1024)
+        return httpx.post(served + "gradio_api/upload", files={"files": ("big.png", data)}, timeout=60).status_code
+
+    assert (upload(21), upload(19)) == (413, 200)
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Chromium at /usr/bin/chromium (apt-get install chromium)")
+def test_page_in_a_browser(served, photo, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    notes = tmp_path / "notes.png"
+    notes.write_text("not a picture\n")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(60_000)
+            page.goto(served)
+            expect(page.locator("#style-info")).to_contain_text("Test Painter, Stripes, 2024")
+            expect(page.locator("#style-image img")).to_be_visible()
+            upload = page.locator("#content input[type=file]")
+
+            upload.set_input_files(notes)  # a broken upload shows an error, and the page keeps working
+            page.click("#stylise")
+            expect(page.get_by_text("notes.png: not an image file")).to_be_visible()
+
+            upload.set_input_files(photo)
+            page.locator("#size input[type=number]").fill("256")
+            page.locator("#size input[type=number]").press("Enter")
+            page.click("#stylise")
+            images = page.locator("#results .thumbnail-item img")
+            expect(images).to_have_count(4)
+            expect(page.locator("#results .caption-label").first).to_contain_text("BN · style 2 · content 0.5 · ")
+            for img in images.all():
+                expect(img).to_have_js_property("complete", True)
+                size = img.evaluate("i => [i.naturalWidth, i.naturalHeight]")
+                assert_same_aspect(tuple(size), (240, 160), 256)
+            page.screenshot(path=tmp_path / "stylise.png", full_page=True)
+
+            page.get_by_role("tab", name="Training curves").click()
+            expect(page.locator("#curves img")).to_be_visible()
+            page.screenshot(path=tmp_path / "curves.png", full_page=True)
+        finally:
+            browser.close()
+    assert (tmp_path / "stylise.png").stat().st_size > 10_000
