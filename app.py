@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 
 import gradio as gr
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from styletransfer.compare import find_checkpoints
 from styletransfer.data import IMAGE_SUFFIXES, load_image
@@ -48,24 +48,6 @@ it took. The **Training curves** tab shows how the models of the style learned."
 def user_error(message: str) -> gr.Error:
     """A one-line message shown in the page; the server log gets no traceback for bad input."""
     return gr.Error(message, print_exception=False)
-
-
-class ContentImage(gr.Image):
-    """An image input whose non-image uploads get a one-line message instead of Pillow's exception."""
-
-    is_template = True  # drawn by the frontend's ordinary image component
-
-    def preprocess(self, payload):
-        try:
-            return super().preprocess(payload)
-        except Image.DecompressionBombError:
-            raise user_error(f"{upload_name(payload)}: image too large (over {2 * Image.MAX_IMAGE_PIXELS:,} pixels)") from None
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-            raise user_error(f"{upload_name(payload)}: not an image file (or a format Pillow cannot read)") from None
-
-
-def upload_name(payload) -> str:
-    return getattr(payload, "orig_name", None) or "the uploaded file"
 
 
 class StyleLibrary:
@@ -148,20 +130,22 @@ class StyleDemo:
         self.library = StyleLibrary(checkpoints_dir, styles_dir, device)
         self.results = ResultFolder()
 
-    def stylize(self, content: str | None, style: str, size: float = SIZE_DEFAULT) -> list[tuple[str, str]]:
+    def stylize(self, content: str | dict | None, style: str, size: float = SIZE_DEFAULT) -> list[tuple[str, str]]:
         """Stylise the image file ``content`` with each norm trained for ``style``, long side ``size``.
 
-        Returns one (PNG path, caption) pair per norm, in the order BN, IN, BN+SE, IEBN.
+        ``content`` is a path, or the upload record ({"path": ...}) the page passes. Returns one
+        (PNG path, caption) pair per norm, in the order BN, IN, BN+SE, IEBN.
         """
         if not self.library.styles:
             raise user_error(f"{self.library.folder} holds no checkpoints; " + TRAIN_HINT.format(folder=self.library.folder))
-        if not content:
+        path = upload_path(content)
+        if path is None:
             raise user_error("no content photo: upload one or pick an example first")
         size = checked_size(size)
         try:
             checkpoints = self.library.checkpoints(style)
-            image = load_content(Path(content), size)
-            folder, stem = self.results.new_folder(), file_stem(Path(content))
+            image = load_content(path, size)
+            folder, stem = self.results.new_folder(), file_stem(path)
             results = []
             for path, meta in checkpoints:
                 out = folder / f"{stem}-{style}-{meta['norm']}.png"  # the name a download gets
@@ -221,6 +205,12 @@ photos and export the result, then start the demo again:
 
 Train `--norm bn`, `in` and `se` the same way (each into its own run folder) to compare the four;
 `scripts/train_style.sh` does all four with identical settings."""
+
+
+def upload_path(content: str | dict | None) -> Path | None:
+    if isinstance(content, dict):
+        content = content.get("path")
+    return Path(content) if content else None
 
 
 def checked_size(size: float) -> int:
@@ -320,7 +310,7 @@ def add_tabs(app: gr.Blocks, demo: StyleDemo) -> None:
     with gr.Tab("Stylise"):
         with gr.Row(equal_height=False):
             with gr.Column():
-                content = ContentImage(label="Content photo", type="filepath", image_mode=None,
+                content = gr.Image(label="Content photo", type="filepath",
                                        sources=["upload", "clipboard"], height=300, elem_id="content")  # fmt: skip
                 examples = sorted(EXAMPLES.glob("*.jpg"))
                 if examples:
@@ -337,7 +327,8 @@ def add_tabs(app: gr.Blocks, demo: StyleDemo) -> None:
                              height=380, format="png", buttons=["download", "fullscreen"], elem_id="results")  # fmt: skip
     with gr.Tab("Training curves"):
         curves = gr.Plot(format="png", show_label=False, elem_id="curves")
-    run.click(demo.stylize, [content, style, size], results, api_name="stylize")
+    # Unpreprocessed, the stylise function reads the upload itself: any file gets its one-line error.
+    run.click(demo.stylize, [content, style, size], results, api_name="stylize", preprocess=False)
     shown = [app.load, style.change]  # the first style is shown as soon as the page opens
     light = {"api_visibility": "private", "concurrency_limit": 2}  # not held up behind a long stylisation
     gr.on(shown, demo.style_panel, style, [style_info, style_image], **light)
