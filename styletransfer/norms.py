@@ -79,43 +79,53 @@ class IEBN2d(nn.BatchNorm2d):
                 nn.Linear(num_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_features)
             )
 
-    def gate(self, x: torch.Tensor) -> torch.Tensor:
-        """The per-instance, per-channel gate ``delta[b, c]`` for input ``x``."""
-        m = x.mean(dim=(2, 3))
+    def gate(self, m: torch.Tensor) -> torch.Tensor:
+        """The gate ``delta[b, c]`` from the per-instance channel means ``m[b, c]`` of the raw input."""
         if self.gate_fc is not None:
             m = self.gate_fc(m)
         z = m * self.gate_weight + self.gate_bias
         return torch.sigmoid(z) if self.activation == "sigmoid" else torch.tanh(z)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """BN with the gate folded into one per-(instance, channel) scale and shift.
+
+        ``x_hat * g + b`` with ``x_hat = (x - mean) / sqrt(var + eps)`` is computed as
+        ``x * s + t``: one reduction pass for the statistics and one fused multiply-add,
+        instead of normalising and then applying the affine step separately.
+        """
         self._check_input_dim(x)
-        gate = self.gate(x)[:, :, None, None]
-        x_hat = batch_norm(
-            x,
-            self.running_mean,
-            self.running_var,
-            None,
-            None,
-            self.training,
-            self._momentum(),
-            self.eps,
-            self.process_group,
-        )
-        gamma = self.weight[None, :, None, None]
-        beta = self.bias[None, :, None, None]
+        if self.training:
+            # Per-instance statistics in one pass; the batch's follow from the law of total
+            # variance, and the per-instance mean is the gate's input.
+            inst_var, inst_mean = torch.var_mean(x.float(), dim=(2, 3), correction=0)
+            mean = inst_mean.mean(0)
+            var = inst_var.mean(0) + (inst_mean - mean).pow(2).mean(0)
+            self._update_running_stats(mean, var, x.numel() // x.shape[1])
+        else:
+            inst_mean = x.float().mean(dim=(2, 3))
+            mean, var = self.running_mean, self.running_var
+        gate = self.gate(inst_mean)
+        gamma, beta = self.weight.expand_as(gate), self.bias.expand_as(gate)
         if self.excite in ("gamma", "both"):
             gamma = gamma * gate
         if self.excite in ("beta", "both"):
             beta = beta * gate
-        return x_hat * gamma + beta
+        scale = gamma * torch.rsqrt(var + self.eps)
+        shift = beta - mean * scale
+        return torch.addcmul(shift.to(x.dtype)[:, :, None, None], x, scale.to(x.dtype)[:, :, None, None])
+
+    @torch.no_grad()
+    def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
+        factor = self._momentum()
+        self.running_mean.lerp_(mean, factor)
+        self.running_var.lerp_(var * count / max(count - 1, 1), factor)  # unbiased, as BatchNorm
 
     def _momentum(self) -> float:
         # Same rule as nn.BatchNorm2d: momentum=None means a cumulative moving average.
-        if self.training:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:
-                return 1.0 / float(self.num_batches_tracked)
-        return 0.0 if self.momentum is None else self.momentum
+        self.num_batches_tracked.add_(1)
+        if self.momentum is None:
+            return 1.0 / float(self.num_batches_tracked)
+        return self.momentum
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, excite={self.excite}, squeeze={self.squeeze}, activation={self.activation}"

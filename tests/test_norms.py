@@ -59,7 +59,7 @@ def test_iebn_updates_running_statistics_like_batchnorm():
 def test_gate_starts_at_sigmoid_of_minus_one_for_every_input():
     layer = IEBN2d(8)
     assert torch.all(layer.gate_weight == 0) and torch.all(layer.gate_bias == -1)
-    gate = layer.gate(torch.randn(3, 8, 5, 5) * 10)
+    gate = layer.gate(torch.randn(3, 8, 5, 5).mul(10).mean(dim=(2, 3)))
     torch.testing.assert_close(gate, torch.full((3, 8), 1 / (1 + math.e)))
 
 
@@ -75,7 +75,7 @@ def test_instances_in_one_batch_get_different_gates():
         layer.gate_weight.fill_(1.0)
     x = torch.randn(2, 4, 6, 6)
     x[1] += 5.0  # the second image is much brighter in every channel
-    gate = layer.gate(x)
+    gate = layer.gate(x.mean(dim=(2, 3)))
     assert torch.all(gate[1] > gate[0])
 
 
@@ -171,3 +171,13 @@ def test_converted_model_equals_bn_model_once_gate_is_one():
 def test_convert_keeps_the_train_or_eval_mode():
     model = small_cnn().eval()
     assert not any(m.training for m in convert_bn_to_iebn(model).modules())
+
+
+def test_iebn_under_bf16_autocast_stays_close_to_fp32():
+    layer = randomised_iebn().train()
+    x = torch.randn(4, 5, 8, 8) * 2 + 1
+    expected = layer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x.bfloat16())
+    assert y.dtype == torch.bfloat16
+    assert (y.float() - expected).abs().max() < 0.05 * expected.abs().max()
