@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .syncbn import batch_norm
+from .syncbn import global_batch_stats
 
 NORM_NAMES = ("bn", "in", "se", "iebn")
 NORM_LABELS = {"bn": "BN", "in": "IN", "se": "BN+SE", "iebn": "IEBN"}
@@ -100,7 +100,10 @@ class IEBN2d(nn.BatchNorm2d):
             inst_var, inst_mean = torch.var_mean(x.float(), dim=(2, 3), correction=0)
             mean = inst_mean.mean(0)
             var = inst_var.mean(0) + (inst_mean - mean).pow(2).mean(0)
-            self._update_running_stats(mean, var, x.numel() // x.shape[1])
+            count = x.numel() // x.shape[1]
+            if self.process_group is not None:  # distributed training: over the global batch
+                mean, var, count = global_batch_stats(mean, var, count, self.process_group)
+            self._update_running_stats(mean, var, count)
         else:
             inst_mean = x.float().mean(dim=(2, 3))
             mean, var = self.running_mean, self.running_var

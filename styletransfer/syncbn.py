@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -34,63 +33,26 @@ class _AllReduceSum(torch.autograd.Function):
         return _AllReduceSum.apply(grad, ctx.group), None
 
 
-def global_batch_stats(x: torch.Tensor, group) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-channel mean, biased variance and element count of ``x`` over every process's batch.
+def global_batch_stats(
+    mean: torch.Tensor, var: torch.Tensor, count: int, group
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The per-channel mean and biased variance of the global batch, from each process's own.
 
-    Each process puts its (count, mean, sum of squared deviations) in its own row and one
-    all_reduce shares the rows; combining them (Chan et al.) is exact and, unlike a sum of
-    squares, does not cancel. Gradients flow back to every process's input.
+    ``mean`` and ``var`` are this process's batch statistics over ``count`` elements per
+    channel. Each process puts (count, mean, count * var) in its own row and one all_reduce
+    shares the rows; combining them (Chan et al.) is exact for any counts and, unlike a sum
+    of squares, does not cancel. Gradients flow back to every process's input. The count
+    returned assumes every process holds a batch of the same shape, as in DDP training; it
+    only serves the N / (N - 1) of the running variance.
     """
-    dims = [0, *range(2, x.dim())]
-    x = x.float()
-    count = x.numel() // x.shape[1]
-    mean = x.mean(dims)
-    m2 = (x - mean.view(1, -1, *[1] * (x.dim() - 2))).square().sum(dims)
-    own = torch.stack([torch.full_like(mean, count, dtype=torch.float64), mean.double(), m2.double()])
+    own = torch.stack([torch.full_like(mean, count, dtype=torch.float64), mean.double(), var.double() * count])
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     rows = torch.stack([own if r == rank else torch.zeros_like(own) for r in range(world)])
     counts, means, m2s = _AllReduceSum.apply(rows, group).unbind(1)
     total = counts.sum(0)
     global_mean = (counts * means).sum(0) / total
     global_var = (m2s.sum(0) + (counts * (means - global_mean).square()).sum(0)) / total
-    return global_mean.float(), global_var.float(), total.float()
-
-
-def batch_norm(
-    x: torch.Tensor,
-    running_mean: torch.Tensor | None,
-    running_var: torch.Tensor | None,
-    weight: torch.Tensor | None,
-    bias: torch.Tensor | None,
-    training: bool,
-    momentum: float,
-    eps: float,
-    process_group=None,
-) -> torch.Tensor:
-    """``F.batch_norm``, with training statistics over every process of ``process_group`` when given."""
-    if process_group is None or not training:
-        return F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
-    mean, var, count = global_batch_stats(x, process_group)
-    if running_mean is not None:
-        with torch.no_grad():  # the running variance is unbiased, as in F.batch_norm
-            running_mean.lerp_(mean.to(running_mean.dtype), momentum)
-            running_var.lerp_((var * count / (count - 1).clamp_min(1)).to(running_var.dtype), momentum)
-    scale = torch.rsqrt(var + eps)
-    if weight is not None:
-        scale = scale * weight
-    shift = -mean * scale
-    if bias is not None:
-        shift = shift + bias
-    shape = (1, -1, *[1] * (x.dim() - 2))
-    return (x.float() * scale.view(shape) + shift.view(shape)).to(x.dtype)
-
-
-def update_factor(bn: nn.modules.batchnorm._BatchNorm) -> float:
-    """The running-statistics momentum of a training step, counting the step (as nn.BatchNorm2d does)."""
-    if bn.num_batches_tracked is None:
-        return 0.0 if bn.momentum is None else bn.momentum
-    bn.num_batches_tracked.add_(1)
-    return 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    return global_mean.to(mean.dtype), global_var.to(var.dtype), count * world
 
 
 class GlobalBatchNorm2d(nn.BatchNorm2d):
@@ -106,10 +68,24 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         if not self.training or self.process_group is None:
             return super().forward(x)
         self._check_input_dim(x)
-        momentum = update_factor(self) if self.track_running_stats else 0.0
-        return batch_norm(
-            x, self.running_mean, self.running_var, self.weight, self.bias, True, momentum, self.eps, self.process_group
-        )
+        var, mean = torch.var_mean(x.to(torch.promote_types(x.dtype, torch.float32)), (0, 2, 3), correction=0)
+        mean, var, count = global_batch_stats(mean, var, x.numel() // x.shape[1], self.process_group)
+        if self.track_running_stats:
+            self.update_running_stats(mean, var, count)
+        scale = torch.rsqrt(var + self.eps)
+        if self.affine:
+            scale = scale * self.weight
+        # Centre first: the gradient then needs sum(grad * (x - mean)), not a cancelling difference.
+        y = (x.to(mean.dtype) - mean[:, None, None]) * scale[:, None, None]
+        return (y + self.bias[:, None, None] if self.affine else y).to(x.dtype)
+
+    @torch.no_grad()
+    def update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
+        """As nn.BatchNorm2d: momentum None is a cumulative average; the running variance is unbiased."""
+        self.num_batches_tracked.add_(1)
+        factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
+        self.running_var.lerp_((var * count / max(count - 1, 1)).to(self.running_var.dtype), factor)
 
 
 def use_global_batch_statistics(module: nn.Module, process_group) -> nn.Module:
