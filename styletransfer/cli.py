@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -10,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import StyleTransferError, TrainingInterrupted
+from .errors import StyleTransferError, TrainingDiverged, TrainingInterrupted
 
 app = typer.Typer(
     help="Real-time neural style transfer, and a side-by-side comparison of BN, IN, BN+SE and IEBN.",
@@ -27,14 +28,24 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="styletransfer")
     except TrainingInterrupted as e:
-        err.print(f"[yellow]stopped:[/yellow] {e}", highlight=False, soft_wrap=True)
+        if process_rank() == 0:  # all processes stop together; the main one reports
+            err.print(f"[yellow]stopped:[/yellow] {e}", highlight=False, soft_wrap=True)
         sys.exit(130)
     except StyleTransferError as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        rank = process_rank()
+        if rank == 0 or not isinstance(e, TrainingDiverged):
+            where = f"rank {rank}: " if rank else ""
+            err.print(f"[red]error:[/red] {where}{e}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+
+
+def process_rank() -> int:
+    """This process's rank under torchrun, 0 otherwise: rank 0 reports what all processes share."""
+    rank = os.environ.get("RANK", "0")
+    return int(rank) if rank.isdigit() else 0
 
 
 @app.command()
@@ -83,11 +94,22 @@ def train(
     style_credit: Annotated[
         Optional[str], typer.Option(help='Credit stored in the checkpoint, e.g. "Vincent van Gogh, The Starry Night, 1889".')
     ] = None,
+    sync_bn: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--sync-bn/--no-sync-bn",
+            help="Under torchrun: take BN, BN+SE and IEBN batch statistics over the global batch of all "
+            "processes, as on one GPU. \\[default: on]",
+        ),
+    ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
 ) -> None:
     """Train a transformation network for one style with one normalisation.
 
     Example: styletransfer train --style starry.jpg --content-dir photos/ --norm iebn --out runs/starry-iebn
+
+    On several GPUs or machines, start it with torchrun (--batch-size is then per process):
+    torchrun --nproc_per_node=4 -m styletransfer train ...
     """
     given = {k: v for k, v in locals().items() if v is not None and k != "resume"}
     from .train import TrainConfig, config_for_resume
@@ -106,7 +128,8 @@ def train(
             raise StyleTransferError(f"train needs {' and '.join(missing)}")
         cfg = TrainConfig(**given)
     ckpt = run_training(cfg, resume=resume, console=err)
-    err.print(f"done: {ckpt}")
+    if process_rank() == 0:
+        err.print(f"done: {ckpt}")
 
 
 @app.command()

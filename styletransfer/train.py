@@ -13,26 +13,38 @@ import math
 import signal
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader
 
 from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from .data import ContentImages, StepBatches, image_to_tensor, load_image
-from .devices import autocast, pick_device, resolve_precision
+from .devices import autocast, resolve_precision
+from .distributed import (
+    Processes,
+    device_for,
+    from_environment,
+    process_group,
+    same_everywhere,
+    summarise_step,
+    wrap,
+)
 from .errors import StyleTransferError, TrainingDiverged, TrainingInterrupted
 from .loss import RANDOM_WEIGHTS, STYLE_LAYERS, LossWeights, PerceptualLoss, load_vgg_features
 from .network import TransformerNet
 from .norms import NORM_NAMES
+from .syncbn import use_global_batch_statistics
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 LOG_NAME = "losses.jsonl"
 LOSS_TERMS = ("content", "style", "tv", "total")
 HISTORY_POINTS = 200  # loss curve points kept inside each checkpoint's metadata
+BATCH_STATISTICS_NORMS = ("bn", "se", "iebn")
 
 
 @dataclass
@@ -62,40 +74,56 @@ class TrainConfig:
     style_name: str | None = None
     style_credit: str | None = None
     norm_options: dict = field(default_factory=dict)
+    sync_bn: bool | None = None  # under torchrun: None means on for bn, se and iebn
+    world_size: int = 1  # processes training together (set from torchrun's environment)
 
     # Settings that may change when a run is resumed; all others must stay as they were.
-    RESUMABLE = ("iterations", "checkpoint_every", "device", "precision", "channels_last", "workers", "vgg_weights")
+    RESUMABLE = (
+        "iterations", "checkpoint_every", "device", "precision", "channels_last", "workers", "vgg_weights",
+        "sync_bn", "world_size",
+    )  # fmt: skip
 
 
 def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None) -> Path:
-    """Train (or resume) the run in ``cfg.out``; returns the checkpoint path."""
+    """Train (or resume) the run in ``cfg.out``; returns the checkpoint path.
+
+    Under torchrun every process calls this and they train one model together
+    (DistributedDataParallel); only the main process writes the log and checkpoints.
+    """
+    procs = from_environment()
     console = console or Console(stderr=True)
+    if not procs.is_main:
+        console = Console(stderr=True, quiet=True)
+    cfg = replace(cfg, world_size=procs.world_size, sync_bn=sync_bn_choice(cfg, procs))
     validate(cfg)
+    device = device_for(procs, cfg.device)
+    with process_group(procs, device):
+        return train_model(cfg, resume, console, procs, device)
+
+
+def train_model(cfg: TrainConfig, resume: bool, console: Console, procs: Processes, device: torch.device) -> Path:
     run_dir = Path(cfg.out)
     ckpt_path = run_dir / CHECKPOINT_NAME
-    device = pick_device(cfg.device)
     amp_dtype = resolve_precision(cfg.precision, device)
     torch.manual_seed(cfg.seed)
 
     model = TransformerNet(cfg.norm, cfg.norm_options)
+    if procs.distributed and cfg.sync_bn:
+        model = use_global_batch_statistics(model, dist.group.WORLD)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    start_step = 0
-    if resume and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path, with_optimizer=True)
-        model.load_state_dict(ckpt.model_state)
-        if ckpt.optimizer_state is None:
-            raise StyleTransferError(f"{ckpt_path}: holds no optimiser state, so it cannot be resumed")
-        optimizer.load_state_dict(ckpt.optimizer_state)
-        start_step = ckpt.meta["step"]
-        console.print(f"resuming {run_dir} at step {start_step}")
-    elif resume:
-        console.print(f"{ckpt_path} not found: starting {run_dir} from step 0")
-    elif ckpt_path.exists():
-        raise StyleTransferError(f"{run_dir} already holds a run; add --resume to continue it or choose another --out")
+    start_step = restore(model, optimizer, ckpt_path, resume, console, procs)
+    if not same_everywhere(procs, start_step, device):
+        raise StyleTransferError(
+            f"the training processes found different checkpoints in {run_dir}; "
+            "every machine must see the same --out folder (a shared file system)"
+        )
     model.to(device).train()
     optimizer_to(optimizer, device)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(memory_format=memory_format)
+    net = wrap(model, procs, device)
+    if procs.distributed:
+        console.print(describe_processes(cfg, procs, device))
 
     style_image = load_image(cfg.style, max_size=cfg.style_size)
     loss_fn = PerceptualLoss(
@@ -112,13 +140,16 @@ def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None
     workers = cfg.workers if cfg.workers is not None else (4 if device.type == "cuda" else 0)
     loader = DataLoader(
         data,
-        batch_sampler=StepBatches(len(data), cfg.batch_size, cfg.seed, start_step, cfg.iterations),
+        batch_sampler=StepBatches(
+            len(data), cfg.batch_size, cfg.seed, start_step, cfg.iterations, procs.rank, procs.world_size
+        ),
         num_workers=workers,
         pin_memory=device.type == "cuda",
     )
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     log = LossLog(run_dir / LOG_NAME)
-    log.truncate(start_step)
+    if procs.is_main:
+        log.truncate(start_step)
     recent = deque(maxlen=max(1, cfg.iterations // 10))
 
     def save(step: int) -> None:
@@ -126,38 +157,84 @@ def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None
         save_checkpoint(ckpt_path, model, meta, optimizer)
 
     stop = StopRequest()
-    step = start_step
     with stop, training_progress(console, start_step, cfg.iterations) as progress:
         for step, content in enumerate(loader, start=start_step + 1):
             content = content.to(device, non_blocking=True).contiguous(memory_format=memory_format)
             with autocast(device, amp_dtype):
-                losses = loss_fn(model(content), content)
-            values = {k: v.item() for k, v in losses.items()}
+                losses = loss_fn(net(content), content)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(losses["total"]).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            # After the update, so the (one) exchange between processes does not stall the GPU.
+            values, stop_now = summarise_step(procs, losses, stop.requested)
             if not all(math.isfinite(v) for v in values.values()):
                 kept = f"the last good checkpoint {ckpt_path} is kept" if ckpt_path.exists() else "no checkpoint yet"
                 raise TrainingDiverged(
                     f"loss became {values['total']} at step {step} ({kept}); lower --lr and try again"
                 )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(losses["total"]).backward()
-            scaler.step(optimizer)
-            scaler.update()
-
-            log.write(step, values)
-            recent.append(values)
-            progress(step, values)
-            if step % cfg.checkpoint_every == 0 or step == cfg.iterations:
-                save(step)
-            if stop.requested:
-                save(step)
+            if procs.is_main:
+                log.write(step, values)
+                recent.append(values)
+                progress(step, values)
+                if step % cfg.checkpoint_every == 0 or step == cfg.iterations or stop_now:
+                    save(step)
+            if stop_now:
                 raise TrainingInterrupted(
-                    f"interrupted at step {step}; saved {ckpt_path}. "
-                    f"Continue with: styletransfer train --out {run_dir} --resume"
+                    f"interrupted at step {step}; saved {ckpt_path}. Continue with: {resume_command(run_dir, procs)}"
                 )
     if start_step >= cfg.iterations:
         console.print(f"{run_dir} already trained for {start_step} steps; raise --iterations to train further")
     log.close()
     return ckpt_path
+
+
+def restore(model, optimizer, ckpt_path: Path, resume: bool, console: Console, procs: Processes) -> int:
+    """Load the run's checkpoint into ``model`` and ``optimizer`` when resuming; returns the step."""
+    run_dir = ckpt_path.parent
+    if resume and ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path, with_optimizer=True)
+        model.load_state_dict(ckpt.model_state)
+        if ckpt.optimizer_state is None:
+            raise StyleTransferError(f"{ckpt_path}: holds no optimiser state, so it cannot be resumed")
+        optimizer.load_state_dict(ckpt.optimizer_state)
+        start_step = ckpt.meta["step"]
+        console.print(f"resuming {run_dir} at step {start_step}")
+        before = ckpt.meta.get("config", {}).get("world_size", 1)
+        if before != procs.world_size:
+            console.print(
+                f"it was trained on {before} process(es), now on {procs.world_size}: the global batch changes "
+                "from here on (--batch-size is per process)"
+            )
+        return start_step
+    if resume:
+        console.print(f"{ckpt_path} not found: starting {run_dir} from step 0")
+    elif ckpt_path.exists():
+        raise StyleTransferError(f"{run_dir} already holds a run; add --resume to continue it or choose another --out")
+    return 0
+
+
+def sync_bn_choice(cfg: TrainConfig, procs: Processes) -> bool | None:
+    """Under torchrun, whether the batch statistics span the global batch (default: yes, for bn, se, iebn)."""
+    if not procs.distributed:
+        return cfg.sync_bn
+    return cfg.norm in BATCH_STATISTICS_NORMS and cfg.sync_bn is not False
+
+
+def describe_processes(cfg: TrainConfig, procs: Processes, device: torch.device) -> str:
+    line = (
+        f"{procs.world_size} processes ({dist.get_backend()} on {device.type}), {cfg.batch_size} images each, "
+        f"global batch {cfg.batch_size * procs.world_size}"
+    )
+    if cfg.norm not in BATCH_STATISTICS_NORMS:
+        return line
+    return line + ("; batch statistics over the global batch" if cfg.sync_bn else "; batch statistics per process")
+
+
+def resume_command(run_dir: Path, procs: Processes) -> str:
+    if procs.distributed:
+        return f"torchrun <same options> -m styletransfer train --out {run_dir} --resume"
+    return f"styletransfer train --out {run_dir} --resume"
 
 
 def config_for_resume(out: str | Path, given: dict) -> TrainConfig:
@@ -184,8 +261,10 @@ def validate(cfg: TrainConfig) -> None:
             raise StyleTransferError(f"--{name.replace('_', '-')} must be at least 1")
     if cfg.image_size < 16:
         raise StyleTransferError("--image-size must be at least 16")
-    if cfg.norm in ("bn", "se", "iebn") and cfg.batch_size < 2:
-        raise StyleTransferError(f"--norm {cfg.norm} uses batch statistics: --batch-size must be at least 2")
+    batch = cfg.batch_size * (cfg.world_size if cfg.sync_bn and cfg.world_size > 1 else 1)
+    if cfg.norm in BATCH_STATISTICS_NORMS and batch < 2:
+        across = " (or, under torchrun, --sync-bn)" if cfg.world_size > 1 else ""
+        raise StyleTransferError(f"--norm {cfg.norm} uses batch statistics: --batch-size must be at least 2{across}")
     if not cfg.lr > 0:
         raise StyleTransferError("--lr must be positive")
 
@@ -312,7 +391,7 @@ class training_progress:
         self.bar = None
 
     def __enter__(self):
-        if self.console.is_terminal:
+        if self.console.is_terminal and not self.console.quiet:
             self.bar = Progress(
                 TextColumn("[bold]train"),
                 BarColumn(),
