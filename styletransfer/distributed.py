@@ -129,9 +129,9 @@ def summarise_step(
 
 
 def same_everywhere(procs: Processes, value: int, device: torch.device) -> bool:
-    """Whether every process holds the same ``value`` (e.g. the step to start from)."""
+    """Whether every process holds the same ``value`` (e.g. whether a checkpoint exists)."""
     if not procs.distributed:
         return True
-    both = torch.tensor([value, -value], device=device)
+    both = torch.tensor([int(value), -int(value)], device=device)
     dist.all_reduce(both, op=dist.ReduceOp.MAX)
     return both[0].item() == -both[1].item()

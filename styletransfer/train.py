@@ -111,12 +111,12 @@ def train_model(cfg: TrainConfig, resume: bool, console: Console, procs: Process
     if procs.distributed and cfg.sync_bn:
         model = use_global_batch_statistics(model, dist.group.WORLD)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    start_step = restore(model, optimizer, ckpt_path, resume, console, procs)
-    if not same_everywhere(procs, start_step, device):
+    # Agree first, so that all processes go on or all stop with the same error.
+    if not same_everywhere(procs, ckpt_path.exists(), device):
         raise StyleTransferError(
-            f"the training processes found different checkpoints in {run_dir}; "
-            "every machine must see the same --out folder (a shared file system)"
+            f"only some training processes find {ckpt_path}; every machine must see the same --out folder"
         )
+    start_step = restore(model, optimizer, ckpt_path, resume, console, procs)
     model.to(device).train()
     optimizer_to(optimizer, device)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format

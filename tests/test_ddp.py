@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -73,7 +74,7 @@ def test_torchrun_trains_one_model_like_one_process_with_the_whole_batch(photos,
 
     resumed = torchrun("train", "--out", out, "--resume", "--iterations", "5")
     assert resumed.returncode == 0, resumed.stderr
-    assert "resuming" in resumed.stderr and resumed.stderr.count("resuming") == 1
+    assert resumed.stderr.count("resuming") == 1
     assert [r["step"] for r in read_log(out / "losses.jsonl")] == [1, 2, 3, 4, 5]
     assert load_checkpoint(out / "checkpoint.safetensors").meta["step"] == 5
 
@@ -88,22 +89,41 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def worker(rank: int, cfg: TrainConfig, port: int, outcome_dir) -> None:
+def worker(rank: int, configs: tuple, port: int, outcome_dir, resume: bool) -> None:
     """One of two training processes, set up as torchrun would; records how its training ended."""
     torch.set_num_threads(1)  # as torchrun does (OMP_NUM_THREADS=1); also keeps the forked child safe
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     try:
-        train(cfg)
+        train(configs[rank], resume=resume)
         outcome = "finished"
     except StyleTransferError as e:
         outcome = f"{type(e).__name__}: {e}"
     (outcome_dir / f"rank{rank}").write_text(outcome)
 
 
-def two_processes(cfg: TrainConfig, outcome_dir, join=True):
-    """Train ``cfg`` on two forked processes; returns their context (already joined if ``join``)."""
+def two_processes(cfg: TrainConfig, outcome_dir, join=True, resume=False, rank1_cfg=None):
+    """Train ``cfg`` on two forked processes; returns their context (already finished if ``join``)."""
     outcome_dir.mkdir(exist_ok=True)
-    return mp.start_processes(worker, (cfg, free_port(), outcome_dir), nprocs=2, join=join, start_method="fork")
+    configs = (cfg, rank1_cfg or cfg)
+    context = mp.start_processes(worker, (configs, free_port(), outcome_dir, resume), nprocs=2, join=False,
+                                 start_method="fork")  # fmt: skip
+    if join:
+        finish(context)
+    return context
+
+
+def finish(context, timeout=120) -> None:
+    """Wait for both processes; processes that wait on each other forever fail the test."""
+    deadline = time.time() + timeout
+    while not context.join(timeout=1):
+        if time.time() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the training processes did not finish: one is waiting for the other")
+
+
+def outcomes(outcome_dir) -> list[str]:
+    return [(outcome_dir / f"rank{r}").read_text() for r in range(2)]
 
 
 def test_sync_bn_makes_the_statistics_span_the_global_batch(photos, style_image, tmp_path):
@@ -120,20 +140,28 @@ def test_sync_bn_makes_the_statistics_span_the_global_batch(photos, style_image,
 
 
 def test_ctrl_c_in_one_process_stops_all_at_the_same_step(photos, style_image, tmp_path):
-    out, outcomes = tmp_path / "run", tmp_path / "outcomes"
+    out, outcome_dir = tmp_path / "run", tmp_path / "outcomes"
     cfg = config(photos, style_image, out, norm="iebn", batch_size=2, iterations=100_000, checkpoint_every=100_000)
-    context = two_processes(cfg, outcomes, join=False)
+    context = two_processes(cfg, outcome_dir, join=False)
     deadline = time.time() + 120
     while time.time() < deadline and len(read_log(out / "losses.jsonl") if (out / "losses.jsonl").exists() else []) < 2:
         time.sleep(0.2)
     os.kill(context.processes[1].pid, signal.SIGINT)  # rank 1 only: rank 0 must learn it from the step exchange
-    while not context.join(timeout=120):
-        pass
-    ends = [(outcomes / f"rank{r}").read_text() for r in range(2)]
+    finish(context)
+    ends = outcomes(outcome_dir)
     assert all(e.startswith("TrainingInterrupted") for e in ends), ends
     step = load_checkpoint(out / "checkpoint.safetensors").meta["step"]
     assert step >= 2 and read_log(out / "losses.jsonl")[-1]["step"] == step
     assert f"at step {step};" in ends[0] and "--resume" in ends[0]
+
+
+def test_processes_that_find_different_checkpoints_all_stop_with_one_message(photos, style_image, tmp_path):
+    seen, unseen = tmp_path / "seen", tmp_path / "unseen"
+    train(config(photos, style_image, seen, norm="in", batch_size=2, iterations=1))
+    cfg = config(photos, style_image, seen, norm="in", batch_size=2, iterations=2)
+    two_processes(cfg, tmp_path / "outcomes", resume=True, rank1_cfg=replace(cfg, out=str(unseen)))
+    assert all("only some training processes find" in e for e in outcomes(tmp_path / "outcomes"))
+    assert not unseen.exists() and load_checkpoint(seen / "checkpoint.safetensors").meta["step"] == 1
 
 
 def test_the_global_batch_is_shared_out_among_the_processes():
