@@ -3,7 +3,7 @@
 torchrun starts the processes and tells each who it is through the environment variables
 RANK, LOCAL_RANK and WORLD_SIZE; without them a run is a plain single-process run. The
 training loop uses torch's own DistributedDataParallel; this module only answers where a
-process stands, which device it uses, and the two agreements the loop needs per step.
+process stands, which device it uses, and the few agreements the training loop needs.
 """
 
 from __future__ import annotations
@@ -135,3 +135,9 @@ def same_everywhere(procs: Processes, value: int, device: torch.device) -> bool:
     both = torch.tensor([int(value), -int(value)], device=device)
     dist.all_reduce(both, op=dist.ReduceOp.MAX)
     return both[0].item() == -both[1].item()
+
+
+def wait_for_all(procs: Processes) -> None:
+    """Returns once every process has got here."""
+    if procs.distributed:
+        dist.barrier()

@@ -32,6 +32,7 @@ from .distributed import (
     process_group,
     same_everywhere,
     summarise_step,
+    wait_for_all,
     wrap,
 )
 from .errors import StyleTransferError, TrainingDiverged, TrainingInterrupted
@@ -180,6 +181,9 @@ def train_model(cfg: TrainConfig, resume: bool, console: Console, procs: Process
                 if step % cfg.checkpoint_every == 0 or step == cfg.iterations or stop_now:
                     save(step)
             if stop_now:
+                # torchrun stops the others as soon as one process exits with an error code:
+                # nobody leaves before rank 0 has written the checkpoint.
+                wait_for_all(procs)
                 raise TrainingInterrupted(
                     f"interrupted at step {step}; saved {ckpt_path}. Continue with: {resume_command(run_dir, procs)}"
                 )
