@@ -20,12 +20,21 @@ class Stylizer:
     """A checkpoint loaded once, ready to stylise any number of images."""
 
     def __init__(self, checkpoint: str | Path, device: str = "auto", precision: str = "auto") -> None:
-        self.path = Path(checkpoint)
-        ckpt = load_checkpoint(self.path)
-        self.meta = ckpt.meta
+        ckpt = load_checkpoint(checkpoint)
+        self._setup(ckpt.build_model(), ckpt.meta, device, precision)
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, meta: dict, device: str = "auto", precision: str = "auto"):
+        """A stylizer for a network in memory (``meta`` needs at least ``norm``)."""
+        stylizer = cls.__new__(cls)
+        stylizer._setup(model, meta, device, precision)
+        return stylizer
+
+    def _setup(self, model: torch.nn.Module, meta: dict, device: str, precision: str) -> None:
+        self.meta = meta
         self.device = pick_device(device)
         self.dtype = resolve_precision(precision, self.device)
-        self.model = ckpt.build_model(self.device).to(memory_format=torch.channels_last)
+        self.model = model.to(self.device, memory_format=torch.channels_last).eval()
 
     @property
     def norm(self) -> str:

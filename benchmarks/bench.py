@@ -1,0 +1,285 @@
+"""Throughput of training and stylising: the project's fast paths against a plain fp32 eager baseline.
+
+    python benchmarks/bench.py --quick            # a few minutes on a 2-core CPU
+    python benchmarks/bench.py                    # more repeats, and the bf16-vs-fp32 loss-curve check
+    python benchmarks/bench.py --device cuda      # the same table on a GPU
+
+Every measurement runs in its own fresh process (so peak memory is its own), and the paths are
+interleaved over the repeats, so a noisy machine slows baseline and fast path alike; the table
+shows medians and the ratio to the baseline measured in the same run. FLOPs are counted with
+torch.utils.flop_counter (convolutions and matrix products) and divided by the median time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import multiprocessing as mp
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from styletransfer.devices import autocast, resolve_precision  # noqa: E402
+from styletransfer.loss import PerceptualLoss, gram_matrix, load_vgg_features, relative_mse, total_variation  # noqa: E402
+from styletransfer.network import TransformerNet  # noqa: E402
+from styletransfer.norms import IEBN2d  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class ReferenceIEBN(IEBN2d):
+    """IEBN as the paper's code writes it: BN without affine, then ``* (gamma * gate) + beta``."""
+
+    def forward(self, x):
+        gate = self.gate(x.float().mean(dim=(2, 3)))[:, :, None, None]
+        x_hat = F.batch_norm(x, self.running_mean, self.running_var, None, None, self.training, self.momentum, self.eps)
+        return x_hat * (self.weight[None, :, None, None] * gate) + self.bias[None, :, None, None]
+
+
+def use_reference_iebn(model):
+    for m in model.modules():
+        if isinstance(m, IEBN2d):
+            m.__class__ = ReferenceIEBN
+    return model
+
+
+def plain_losses(loss_fn, output, content):
+    """The perceptual loss as pytorch/examples computes it: a full VGG pass for the content too."""
+    target = loss_fn.vgg(content)[loss_fn.content_layer]
+    feats = loss_fn.vgg(output)
+    content_loss = relative_mse(feats[loss_fn.content_layer], target)
+    grams = [getattr(loss_fn, f"gram_{n}").expand(output.shape[0], -1, -1) for n in loss_fn.style_layers]
+    style_loss = sum(relative_mse(gram_matrix(feats[n]), g) for n, g in zip(loss_fn.style_layers, grams)) / len(grams)
+    w = loss_fn.weights
+    return {"total": w.content * content_loss + w.style * style_loss + w.tv * total_variation(output)}
+
+
+# --- the measured paths: each returns a callable doing one unit of work ---------------------------
+
+
+def training_step(norm, size, batch, device, fast, vgg="vgg16"):
+    torch.manual_seed(0)
+    memory_format = torch.channels_last if fast else torch.contiguous_format
+    dtype = resolve_precision("auto" if fast else "fp32", device)
+    model = TransformerNet(norm).to(device, memory_format=memory_format).train()
+    if not fast:
+        use_reference_iebn(model)
+    style = torch.rand(3, 2 * size, 2 * size, device=device)
+    loss_fn = PerceptualLoss(load_vgg_features(vgg, "random"), style, vgg).to(device, memory_format=memory_format)
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    content = torch.rand(batch, 3, size, size, device=device).contiguous(memory_format=memory_format)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    def step():
+        with autocast(device, dtype):
+            output = model(content)
+            losses = loss_fn(output, content) if fast else plain_losses(loss_fn, output.float(), content)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(losses["total"]).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    return step, batch
+
+
+def network_step(norm, size, batch, device, fast=True):
+    """The transformation network alone, forward and backward: the cost of the norm layers."""
+    torch.manual_seed(0)
+    dtype = resolve_precision("auto", device)
+    model = TransformerNet(norm).to(device).train()
+    x = torch.rand(batch, 3, size, size, device=device)
+
+    def step():
+        with autocast(device, dtype):
+            y = model(x)
+        y.float().mean().backward()
+
+    return step, batch
+
+
+def stylize_step(norm, size, batch, device, fast, checkpoint=None):
+    from styletransfer.stylize import Stylizer
+
+    torch.manual_seed(0)
+    precision = "auto" if fast else "fp32"
+    if checkpoint:
+        stylizer = Stylizer(checkpoint, str(device), precision)
+    else:  # random weights: fine for speed; the report says which were used
+        stylizer = Stylizer.from_model(TransformerNet(norm), {"norm": norm}, str(device), precision)
+    if not fast:
+        stylizer.model.to(memory_format=torch.contiguous_format)
+    x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
+    if fast:
+        return (lambda: stylizer.stylize_tensor(x)), batch
+
+    @torch.inference_mode()
+    def plain():
+        return stylizer.model(x.to(device)).float()
+
+    return plain, batch
+
+
+PATHS = {"train": training_step, "network": network_step, "stylize": stylize_step}
+
+
+# --- measuring in a fresh process -----------------------------------------------------------------
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(kind, args, repeats, queue):
+    device = args["device"]
+    step, images = PATHS[kind](**args)
+    with FlopCounterMode(display=False) as counter:
+        out = step()  # also the warm-up
+    flops = counter.get_total_flops()
+    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    idle = rss_mib()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = step()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - idle
+    result = {"times": times, "flops": flops, "images": images, "peak_mib": peak}
+    if torch.is_tensor(out):
+        result["output"] = out.float().cpu().numpy()  # plain data: the process ends right after
+    queue.put(result)
+
+
+def run_isolated(kind, args, repeats):
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=measure, args=(kind, args, repeats, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def psnr(a, b) -> float:
+    mse = float(((a - b) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * math.log10(1 / mse)
+
+
+# --- the report -----------------------------------------------------------------------------------
+
+
+def compare(rows, label, cases, rounds, repeats):
+    """Interleave the cases over ``rounds``; add one table row per case, ratios to the first."""
+    results = {name: [] for name, _, _ in cases}
+    for _ in range(rounds):
+        for name, kind, args in cases:
+            results[name].append(run_isolated(kind, args, repeats))
+    base = None
+    for name, _, _ in cases:
+        runs = results[name]
+        seconds = statistics.median(t for r in runs for t in r["times"])
+        ips = runs[0]["images"] / seconds
+        base = base or ips
+        rows.append(
+            (label, name, ips, runs[0]["flops"] / seconds / 1e9, ips / base, max(r["peak_mib"] for r in runs))
+        )
+    return results
+
+
+def print_table(rows):
+    print(f"\n{'benchmark':<22} {'path':<26} {'images/s':>9} {'GFLOP/s':>8} {'ratio':>6} {'peak MiB':>9}")
+    for label, name, ips, gflops, ratio, peak in rows:
+        print(f"{label:<22} {name:<26} {ips:>9.2f} {gflops:>8.1f} {ratio:>5.2f}x {peak:>9.0f}")
+
+
+def shipped_checkpoint(norm):
+    found = sorted((ROOT / "checkpoints").glob(f"*/{norm}.safetensors"))
+    return str(found[0]) if found else None
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats; skips the loss-curve check")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--norm", default="iebn", help="norm of the training/stylising network")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    rounds, repeats = (1, 2) if args.quick else (3, 3)
+    print(f"torch {torch.__version__} on {device} ({platform.processor() or platform.machine()}, "
+          f"{torch.get_num_threads()} threads); fast-path precision: {resolve_precision('auto', device)}")  # fmt: skip
+
+    rows = []
+    common = {"device": device, "batch": 4}
+    train = {"norm": args.norm, "size": 256, **common}
+    compare(rows, "train 256px b4 vgg16", [("fp32 eager baseline", "train", {**train, "fast": False}),
+                                           ("fast (train default)", "train", {**train, "fast": True})], rounds, repeats)  # fmt: skip
+    net = {"size": 256, **common}
+    norms = ("bn", "iebn") if args.quick else ("bn", "iebn", "in", "se")
+    compare(rows, "network fwd+bwd 256px", [(n, "network", {**net, "norm": n}) for n in norms], 2 * rounds, repeats)
+    ckpt = shipped_checkpoint(args.norm)
+    for size in (512, 1024):
+        sty = {"norm": args.norm, "size": size, "device": device, "batch": 1, "checkpoint": ckpt}
+        results = compare(rows, f"stylize {size}px", [("fp32 eager baseline", "stylize", {**sty, "fast": False}),
+                                                       ("fast (stylize default)", "stylize", {**sty, "fast": True})],
+                          rounds, repeats)  # fmt: skip
+        quality = psnr(results["fp32 eager baseline"][0]["output"], results["fast (stylize default)"][0]["output"])
+        rows.append((f"stylize {size}px", f"PSNR fast vs fp32: {quality:.1f} dB", 0, 0, 0, 0))
+    big = {"norm": args.norm, "size": 2048, "device": device, "batch": 1, "fast": True, "checkpoint": ckpt}
+    compare(rows, "stylize 2048px", [("fast (stylize default)", "stylize", big)], 1, 1)
+    print_table(rows)
+    print(f"\nweights for stylising: {ckpt or 'random (no shipped checkpoint found)'}")
+    if not args.quick:
+        curve_check(device)
+
+
+def curve_check(device, steps=200, size=128):
+    """bf16 and fp32 training from the same seed: how far apart are the loss curves?"""
+    from styletransfer.plot import smooth
+
+    curves = {}
+    for precision in ("fp32", "auto"):
+        torch.manual_seed(0)
+        dtype = resolve_precision(precision, device)
+        model = TransformerNet("iebn").to(device)
+        gen = torch.Generator().manual_seed(0)
+        style = torch.rand(3, 2 * size, 2 * size, generator=gen).to(device)
+        loss_fn = PerceptualLoss(load_vgg_features("vgg16", "random"), style).to(device)
+        optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+        curves[precision] = []
+        for _ in range(steps):
+            content = torch.rand(4, 3, size, size, generator=gen).to(device)
+            with autocast(device, dtype):
+                total = loss_fn(model(content), content)["total"]
+            optimizer.zero_grad()
+            total.backward()
+            optimizer.step()
+            curves[precision].append(total.item())
+    a, b = smooth(curves["fp32"], 0.9), smooth(curves["auto"], 0.9)
+    worst = max(abs(x - y) / x for x, y in zip(a[20:], b[20:]))
+    print(f"\nloss curve, {steps} steps at {size}px, same seed: final fp32 {a[-1]:.4f}, "
+          f"fast {b[-1]:.4f}; largest gap of the smoothed curves {100 * worst:.1f}%")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
