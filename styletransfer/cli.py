@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -25,6 +26,7 @@ DEFAULT_CHECKPOINTS = Path("checkpoints")
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: every StyleTransferError becomes one line on stderr and exit code 1."""
+    previous_format, warnings.formatwarning = warnings.formatwarning, one_line_warning
     try:
         app(args=argv, prog_name="styletransfer")
     except TrainingInterrupted as e:
@@ -40,6 +42,13 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+    finally:
+        warnings.formatwarning = previous_format
+
+
+def one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings (such as a skipped training photo) as one line, without the source line."""
+    return f"warning: {' '.join(str(message).split())}\n"
 
 
 def process_rank() -> int:

@@ -28,8 +28,9 @@ def load_image(path: str | Path, max_size: int | None = None) -> Image.Image:
     path = Path(path)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore")  # Pillow's notes on odd files: the image decodes or fails
             with Image.open(path) as img:
+                refuse_too_many_pixels(img)
                 return to_rgb(img, max_size)
     except FileNotFoundError:
         raise StyleTransferError(f"{path}: no such file") from None
@@ -41,6 +42,16 @@ def load_image(path: str | Path, max_size: int | None = None) -> Image.Image:
         raise StyleTransferError(f"{path}: not an image file (or a format Pillow cannot read)") from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         raise StyleTransferError(f"{path}: cannot read image ({first_line(e)})") from None
+
+
+def refuse_too_many_pixels(img: Image.Image) -> None:
+    """Refuse a decompression bomb from its header, before decoding.
+
+    Checked here rather than by turning Pillow's warning into an error: warning filters are
+    shared by the whole process, and another thread may change them at any moment.
+    """
+    if img.width * img.height > MAX_PIXELS:
+        raise Image.DecompressionBombError(f"{img.width}x{img.height} pixels")
 
 
 def to_rgb(img: Image.Image, max_size: int | None = None) -> Image.Image:
@@ -152,10 +163,12 @@ class ContentImages(Dataset):
 
 
 def readable_header(path: Path) -> bool:
-    """Cheap check that Pillow recognises the file (decoding happens later)."""
+    """Cheap check that Pillow recognises the file and its size is sane (decoding happens later)."""
     try:
-        with Image.open(path) as img:
-            img.size
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as img:
+                refuse_too_many_pixels(img)
         return True
     except Exception:
         return False

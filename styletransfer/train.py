@@ -137,7 +137,7 @@ def train_model(cfg: TrainConfig, resume: bool, console: Console, procs: Process
     ).to(device, memory_format=memory_format)
     data = ContentImages(cfg.content_dir, cfg.image_size)
     if data.skipped:
-        console.print(f"skipped {len(data.skipped)} unreadable file(s) in {cfg.content_dir}")
+        console.print(skipped_line(data.skipped, cfg.content_dir), soft_wrap=True, highlight=False)
     workers = cfg.workers if cfg.workers is not None else (4 if device.type == "cuda" else 0)
     loader = DataLoader(
         data,
@@ -216,6 +216,11 @@ def restore(model, optimizer, ckpt_path: Path, resume: bool, console: Console, p
     elif ckpt_path.exists():
         raise StyleTransferError(f"{run_dir} already holds a run; add --resume to continue it or choose another --out")
     return 0
+
+
+def skipped_line(skipped: list[Path], folder: str) -> str:
+    names = ", ".join(p.name for p in skipped[:10]) + (", ..." if len(skipped) > 10 else "")
+    return f"skipped {len(skipped)} unreadable file(s) in {folder}: {names}"
 
 
 def sync_bn_choice(cfg: TrainConfig, procs: Processes) -> bool | None:
