@@ -33,16 +33,24 @@ class Checkpoint:
     meta: dict
     model_state: dict[str, torch.Tensor]
     optimizer_state: dict | None = field(default=None, repr=False)
+    path: Path | None = None
 
     def build_model(self, device: str | torch.device = "cpu") -> TransformerNet:
         """The network described by the metadata, with these weights, in eval mode."""
         model = TransformerNet(self.meta["norm"], self.meta.get("norm_options"))
+        self.load_into(model)
+        return model.to(device).eval()
+
+    def load_into(self, model: torch.nn.Module) -> None:
+        """Copy the weights into ``model``; tensors missing, extra or of another shape are a one-line error."""
         state = {k: v.float() if v.is_floating_point() else v for k, v in self.model_state.items()}
         try:
             model.load_state_dict(state)
         except RuntimeError as e:
-            raise StyleTransferError(f"checkpoint tensors do not fit a {self.meta['norm']} network: {short(e)}") from None
-        return model.to(device).eval()
+            where = f"{self.path}: " if self.path else ""
+            raise StyleTransferError(
+                f"{where}checkpoint tensors do not fit a {self.meta['norm']} network: {short(e)}"
+            ) from None
 
 
 def short(e: Exception, limit: int = 200) -> str:
@@ -147,7 +155,7 @@ def load_checkpoint(path: str | Path, with_optimizer: bool = False) -> Checkpoin
     optimizer_state = None
     if with_optimizer and "optimizer" in meta:
         optimizer_state = unflatten_optimizer(optim, meta["optimizer"])
-    return Checkpoint(meta=meta, model_state=model_state, optimizer_state=optimizer_state)
+    return Checkpoint(meta=meta, model_state=model_state, optimizer_state=optimizer_state, path=path)
 
 
 class open_safetensors:

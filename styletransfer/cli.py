@@ -229,7 +229,8 @@ def list_checkpoints(
 
     found = find_checkpoints(folder)
     if not found:
-        err.print(f"no checkpoints in {folder}; train one with: styletransfer train --style STYLE.jpg --content-dir PHOTOS --out runs/NAME")
+        hint = "train one with: styletransfer train --style STYLE.jpg --content-dir PHOTOS --out runs/NAME"
+        err.print(f"no checkpoints in {folder}; {hint}", soft_wrap=True, highlight=False)
         raise typer.Exit(1)
     table = Table(title=f"checkpoints in {folder}")
     for col in ("file", "style", "norm", "iterations", "image size", "content", "style loss", "VGG"):

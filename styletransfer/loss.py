@@ -8,6 +8,7 @@ whose activations are about 100x larger.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,9 +70,13 @@ def read_features_state_dict(path: Path, features: nn.Sequential) -> dict:
     if not path.is_file():
         raise StyleTransferError(f"VGG weights file {path} does not exist")
     try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing
+            warnings.simplefilter("ignore")
+            sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise StyleTransferError(f"{path}: not a VGG state dict readable without executing code ({e})") from None
+        raise StyleTransferError(
+            f"{path}: refused, not a plain tensor file that loads without running code ({refusal_reason(e)})"
+        ) from None
     if not isinstance(sd, dict):
         raise StyleTransferError(f"{path}: expected a VGG state dict, found {type(sd).__name__}")
     sd = {k.removeprefix("features."): v for k, v in sd.items() if not k.startswith("classifier.")}
@@ -82,6 +87,15 @@ def read_features_state_dict(path: Path, features: nn.Sequential) -> dict:
             f"(expected keys like features.0.weight ... features.{len(features) - 3}.bias)"
         )
     return sd
+
+
+def refusal_reason(e: Exception) -> str:
+    """The informative sentence of torch's long, multi-line weights-only refusal."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+    marker = "WeightsUnpickler error:"
+    detail = next((line for line in lines if line.startswith("Unsupported")), None)
+    detail = detail or next((line.split(marker)[1] for line in lines if marker in line and not line.endswith(":")), lines[0])
+    return detail.split(". ")[0].strip()[:160]
 
 
 def describe(features: nn.Sequential) -> str:

@@ -198,10 +198,13 @@ def restore(model, optimizer, ckpt_path: Path, resume: bool, console: Console, p
     run_dir = ckpt_path.parent
     if resume and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path, with_optimizer=True)
-        model.load_state_dict(ckpt.model_state)
+        ckpt.load_into(model)
         if ckpt.optimizer_state is None:
             raise StyleTransferError(f"{ckpt_path}: holds no optimiser state, so it cannot be resumed")
-        optimizer.load_state_dict(ckpt.optimizer_state)
+        try:
+            optimizer.load_state_dict(ckpt.optimizer_state)
+        except (ValueError, KeyError) as e:
+            raise StyleTransferError(f"{ckpt_path}: its optimiser state does not fit the network ({e})") from None
         start_step = ckpt.meta["step"]
         console.print(f"resuming {run_dir} at step {start_step}")
         before = ckpt.meta.get("config", {}).get("world_size", 1)

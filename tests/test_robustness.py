@@ -328,3 +328,134 @@ def test_load_image_gives_rgb_or_a_one_line_error(content, suffix, max_size):
             return
         assert img.mode == "RGB" and img.width >= 1 and img.height >= 1
         assert max_size is None or max(img.size) <= max_size
+
+
+# ---------------------------------------------------------------- 2. unsafe checkpoints
+
+
+def write_exploits(folder: Path, marker: Path) -> dict[str, Path]:
+    """Two files that create ``marker`` when unpickled: a plain pickle and torch.save's zip format."""
+    plain, zipped = folder / "exploit.pkl", folder / "exploit.pt"
+    plain.write_bytes(pickle.dumps({"features.0.weight": Exploit(marker)}))
+    torch.save({"features.0.weight": Exploit(marker)}, zipped)
+    return {"pickle": plain, "torch.save": zipped}
+
+
+def test_the_exploits_really_run_code_when_unpickled(tmp_path):
+    marker = tmp_path / "pwned"
+    files = write_exploits(tmp_path, marker)
+    pickle.loads(files["pickle"].read_bytes())["features.0.weight"].close()
+    assert marker.exists()
+    marker.unlink()
+    torch.load(files["torch.save"], weights_only=False)["features.0.weight"].close()
+    assert marker.exists()
+
+
+@pytest.fixture(params=["pickle", "torch.save"])
+def exploit(request, tmp_path) -> tuple[Path, Path]:
+    """(the exploit file, the marker it would create)."""
+    marker = tmp_path / "pwned"
+    return write_exploits(tmp_path, marker)[request.param], marker
+
+
+def plant(source: Path, *destinations: Path) -> None:
+    for dst in destinations:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_bytes(source.read_bytes())
+
+
+def test_library_loaders_refuse_the_exploit(exploit, photos, style_image, tmp_path):
+    source, marker = exploit
+    evil, vgg, run = tmp_path / "evil.safetensors", tmp_path / "evil.pth", tmp_path / "run"
+    plant(source, evil, vgg, run / "checkpoint.safetensors")
+    loaders = [load_checkpoint, read_metadata, Stylizer, lambda p: load_checkpoint(p, with_optimizer=True)]
+    for load in loaders:
+        with pytest.raises(StyleTransferError, match="evil.safetensors: not a styletransfer checkpoint") as e:
+            load(evil)
+        assert "\n" not in str(e.value)
+    with pytest.raises(StyleTransferError, match="evil.pth: refused") as e:
+        load_vgg_features("vgg16", str(vgg))
+    assert "\n" not in str(e.value)
+    cfg = TrainConfig(style=str(style_image), content_dir=str(photos), out=str(run), vgg_weights="random")
+    with pytest.raises(StyleTransferError, match="checkpoint.safetensors: not a styletransfer checkpoint"):
+        train(cfg, resume=True)
+    assert not marker.exists()
+
+
+def test_every_command_refuses_the_exploit(exploit, photos, style_image, tmp_path, capsys):
+    source, marker = exploit
+    ckpts, run, vgg = tmp_path / "ckpts", tmp_path / "run", tmp_path / "evil.pth"
+    evil = ckpts / "stripes" / "iebn.safetensors"
+    plant(source, evil, vgg, run / "checkpoint.safetensors")
+    (run / "losses.jsonl").write_text(json.dumps({"step": 1, "content": 1, "style": 1, "tv": 1, "total": 3}) + "\n")
+    photo = next(photos.glob("*.png"))
+    new_run = ["train", "--style", style_image, "--content-dir", photos, "--out", tmp_path / "new", *TINY]
+    new_run[new_run.index("--vgg-weights") + 1] = vgg
+    commands = {
+        "stylize": ["stylize", photo, "-m", evil, "-o", tmp_path / "out.png"],
+        "compare a file": ["compare", photo, "-m", evil, "-o", tmp_path / "grid.png"],
+        "compare a style": ["compare", photo, "-m", "stripes", "--checkpoints", ckpts, "-o", tmp_path / "grid.png"],
+        "list": ["list", ckpts],
+        "plot a checkpoint": ["plot", evil, "-o", tmp_path / "curves.png"],
+        "plot a run": ["plot", run, "-o", tmp_path / "curves.png"],
+        "export": ["export", evil, tmp_path / "exported.safetensors"],
+        "train --resume": ["train", "--out", run, "--resume"],
+        "train --vgg-weights": new_run,
+    }
+    for name, args in commands.items():
+        capsys.readouterr()
+        assert run_cli(*args) == 1, name
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, (name, err)
+    assert not marker.exists()
+
+
+def test_web_app_scan_skips_the_exploit(exploit, photos, tmp_path):
+    source, marker = exploit
+    write_checkpoint(tmp_path / "ckpts", "stripes", "in", 0)
+    plant(source, tmp_path / "ckpts" / "stripes" / "iebn.safetensors", tmp_path / "ckpts" / "evil" / "bn.safetensors")
+    demo = demo_app.build_app(tmp_path / "ckpts", tmp_path / "no-styles", device="cpu").demo
+    assert demo.library.styles == ["stripes"] and list(demo.library.by_style["stripes"]) == ["in"]
+    assert len(demo.stylize(str(next(photos.glob("*.png"))), "stripes", 256)) == 1
+    assert not marker.exists()
+
+
+def resave(source: Path, dest: Path, change) -> Path:
+    """A copy of checkpoint ``source`` whose tensors ``change(tensors)`` has edited, metadata kept."""
+    from safetensors import safe_open
+
+    with safe_open(str(source), "pt") as f:
+        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    change(tensors)
+    save_file(tensors, dest, metadata=metadata)
+    return dest
+
+
+def vgg_as_model(tensors: dict) -> None:
+    tensors.clear()
+    tensors.update({f"model.{k}": v for k, v in load_vgg_features("vgg16", "random")[:5].state_dict().items()})
+
+
+MISMATCHES = {
+    "another network": vgg_as_model,
+    "a missing tensor": lambda t: t.pop("model.encoder.0.1.weight"),
+    "an extra tensor": lambda t: t.update({"model.extra.weight": torch.zeros(3)}),
+    "a wrong shape": lambda t: t.update({"model.encoder.0.1.weight": torch.zeros(5, 5)}),
+}
+
+
+@pytest.mark.parametrize("mismatch", sorted(MISMATCHES))
+def test_checkpoints_that_do_not_fit_the_network_are_one_line_errors(trained_runs, photos, tmp_path, capsys, mismatch):
+    """For stylising, and for resuming, which loads the tensors into a network of its own."""
+    run = tmp_path / "run"
+    run.mkdir()
+    bad = resave(trained_runs["in"] / "checkpoint.safetensors", run / "checkpoint.safetensors", MISMATCHES[mismatch])
+    with pytest.raises(StyleTransferError, match="checkpoint.safetensors: checkpoint tensors do not fit a in network"):
+        Stylizer(bad, "cpu")
+    for args in (["stylize", next(photos.glob("*.png")), "-m", bad, "-o", tmp_path / "o.png"],
+                 ["train", "--out", run, "--resume", "--iterations", "6"]):  # fmt: skip
+        capsys.readouterr()
+        assert run_cli(*args) == 1
+        err = capsys.readouterr().err.strip()
+        assert "do not fit" in err and "checkpoint.safetensors" in err and "Traceback" not in err, err
+        assert len(err.splitlines()) == 1, err
