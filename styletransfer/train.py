@@ -151,6 +151,7 @@ def train_model(cfg: TrainConfig, resume: bool, console: Console, procs: Process
     log = LossLog(run_dir / LOG_NAME)
     if procs.is_main:
         log.truncate(start_step)
+        remove_stale_temporaries(run_dir)
     recent = deque(maxlen=max(1, cfg.iterations // 10))
 
     def save(step: int) -> None:
@@ -224,6 +225,13 @@ def restore(model, optimizer, ckpt_path: Path, resume: bool, console: Console, p
 def skipped_line(skipped: list[Path], folder: str) -> str:
     names = ", ".join(p.name for p in skipped[:10]) + (", ..." if len(skipped) > 10 else "")
     return f"skipped {len(skipped)} unreadable file(s) in {folder}: {names}"
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Half-written files of a run that was killed mid-write: never read, so just removed."""
+    for name in (CHECKPOINT_NAME, LOG_NAME):
+        for tmp in run_dir.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 def sync_bn_choice(cfg: TrainConfig, procs: Processes) -> bool | None:

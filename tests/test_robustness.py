@@ -459,3 +459,94 @@ def test_checkpoints_that_do_not_fit_the_network_are_one_line_errors(trained_run
         err = capsys.readouterr().err.strip()
         assert "do not fit" in err and "checkpoint.safetensors" in err and "Traceback" not in err, err
         assert len(err.splitlines()) == 1, err
+
+
+# ---------------------------------------------------------------- 3. killed training
+
+KILL_RUN = ["--norm", "in", "--iterations", "12", "--checkpoint-every", "3", "--image-size", "32", "--style-size", "64",
+            "--batch-size", "2", "--vgg-weights", "random"]  # fmt: skip
+EVERY = 3
+TEMPORARY = ".checkpoint.safetensors.*.tmp"
+
+
+def start_training(run: Path, photos: Path, style_image: Path, log: Path) -> subprocess.Popen:
+    args = ["train", "--style", style_image, "--content-dir", photos, "--out", run, *KILL_RUN, "--resume"]
+    with open(log, "w") as stderr:
+        return subprocess.Popen([sys.executable, "-m", "styletransfer", *map(str, args)], stdout=subprocess.DEVNULL,
+                                stderr=stderr, env={**os.environ, "COLUMNS": "300"})  # fmt: skip
+
+
+def stopped(proc: subprocess.Popen) -> bool:
+    with open(f"/proc/{proc.pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+def kill_while_writing_a_checkpoint(proc: subprocess.Popen, run: Path, timeout: float = 120) -> bool:
+    """Freeze the process when a checkpoint's temporary file appears after the first checkpoint; if the
+    file is still there once frozen, the write is under way: kill it then. Returns whether it did."""
+    deadline = time.time() + timeout
+    while proc.poll() is None and time.time() < deadline:
+        if (run / "checkpoint.safetensors").exists() and any(run.glob(TEMPORARY)):
+            proc.send_signal(signal.SIGSTOP)
+            while not stopped(proc):
+                time.sleep(0.0005)
+            if any(run.glob(TEMPORARY)):
+                proc.kill()
+                proc.wait()
+                return True
+            proc.send_signal(signal.SIGCONT)
+        time.sleep(0.001)
+    return False
+
+
+def kill_at_random(proc: subprocess.Popen, run: Path, stderr: Path, delay: float, timeout: float = 120) -> None:
+    """Kill ``delay`` seconds after the resumed run has logged its first new step."""
+    deadline = time.time() + timeout
+    while proc.poll() is None and time.time() < deadline and "resuming" not in stderr.read_text():
+        time.sleep(0.01)
+    saved = checkpoint_step(run)
+    while proc.poll() is None and time.time() < deadline and logged_steps(run)[-1:] <= [saved]:
+        time.sleep(0.01)
+    time.sleep(delay)
+    proc.kill()
+    proc.wait()
+
+
+def logged_steps(run: Path) -> list[int]:
+    log = run / "losses.jsonl"
+    return [r["step"] for r in read_log(log)] if log.exists() else []
+
+
+def checkpoint_step(run: Path) -> int:
+    path = run / "checkpoint.safetensors"
+    return load_checkpoint(path, with_optimizer=True).meta["step"] if path.exists() else 0
+
+
+def assert_at_most_one_interval_lost(run: Path) -> int:
+    steps, saved = logged_steps(run), checkpoint_step(run)
+    assert steps == list(range(1, len(steps) + 1)), steps  # no gap, no duplicate
+    assert saved % EVERY == 0 and 0 <= len(steps) - saved <= EVERY, (saved, steps)
+    return saved
+
+
+def test_training_killed_at_any_moment_resumes_without_loss(photos, style_image, tmp_path):
+    run, rng = tmp_path / "run", random.Random()
+    proc = start_training(run, photos, style_image, tmp_path / "first.txt")
+    assert kill_while_writing_a_checkpoint(proc, run), "never caught a checkpoint being written"
+    half_written = list(run.glob(TEMPORARY))
+    saved = assert_at_most_one_interval_lost(run)
+    assert len(half_written) == 1 and saved >= EVERY
+
+    delay = rng.uniform(0, 1.5)
+    proc = start_training(run, photos, style_image, tmp_path / "second.txt")
+    kill_at_random(proc, run, tmp_path / "second.txt", delay)
+    assert f"resuming {run} at step {saved}" in (tmp_path / "second.txt").read_text()  # not the half-written file
+    saved = assert_at_most_one_interval_lost(run)
+    print(f"killed mid-write, then {delay:.2f} s into the resumed run; it had saved step {saved}")
+
+    proc = start_training(run, photos, style_image, tmp_path / "last.txt")
+    assert proc.wait(timeout=120) == 0, (tmp_path / "last.txt").read_text()
+    assert "Traceback" not in (tmp_path / "last.txt").read_text()
+    assert logged_steps(run) == list(range(1, 13)) and checkpoint_step(run) == 12
+    assert Stylizer(run / "checkpoint.safetensors", "cpu").norm == "in"
+    assert not list(run.glob(".*.tmp"))  # the half-written file was cleared away on resuming
