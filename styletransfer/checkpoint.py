@@ -82,9 +82,33 @@ def save_checkpoint(
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write to a temporary file in the same folder, fsync, then rename over ``path``.
+
+    A failure (disk full, folder not writable) is a one-line error, and leaves the file
+    already at ``path``, if any, as it was.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise StyleTransferError(f"{path}: cannot write ({e.strerror or e})") from None
+    try:
+        write_and_rename(fd, tmp, path, data)
+    except OSError as e:
+        kept = "; the previous version is kept" if path.exists() else ""
+        raise StyleTransferError(f"{path}: cannot write ({e.strerror or e}){kept}") from None
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def write_and_rename(fd: int, tmp: str, path: Path, data: bytes) -> None:
+    """Fill the temporary file and rename it; on any failure, even Ctrl-C, remove it."""
     try:
         os.chmod(tmp, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:

@@ -87,8 +87,8 @@ def plot_runs(runs: list[Run], out: str | Path, smoothing: float = 0.9, title: s
     axes[0, 0].legend()
     fig.suptitle(title or "training loss by normalisation")
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out, dpi=120)
     except OSError as e:
         raise StyleTransferError(f"{out}: cannot write ({e.strerror or e})") from None

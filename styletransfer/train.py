@@ -333,11 +333,18 @@ class LossLog:
         """Keep only steps up to ``last_step``: steps after the last checkpoint are redone."""
         kept = [r for r in read_log(self.path) if r["step"] <= last_step] if self.path.exists() else []
         atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
-        self.file = open(self.path, "a", encoding="utf-8")
+        try:
+            self.file = open(self.path, "a", encoding="utf-8")
+        except OSError as e:
+            raise StyleTransferError(f"{self.path}: cannot write ({e.strerror or e})") from None
 
     def write(self, step: int, values: dict) -> None:
-        self.file.write(json.dumps({"step": step, **{k: round(v, 7) for k, v in values.items()}}) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps({"step": step, **{k: round(v, 7) for k, v in values.items()}}) + "\n")
+            self.file.flush()
+        except OSError as e:  # disk full: the checkpoint already written is untouched
+            self.close()
+            raise StyleTransferError(f"{self.path}: cannot write ({e.strerror or e}) at step {step}") from None
 
     def history(self, points: int) -> dict:
         """The curve so far, averaged into at most ``points`` buckets."""
@@ -345,7 +352,10 @@ class LossLog:
 
     def close(self) -> None:
         if self.file:
-            self.file.close()
+            try:
+                self.file.close()
+            except OSError:  # the lines it could not write are lost either way
+                pass
 
 
 def read_log(path: Path) -> list[dict]:

@@ -550,3 +550,77 @@ def test_training_killed_at_any_moment_resumes_without_loss(photos, style_image,
     assert logged_steps(run) == list(range(1, 13)) and checkpoint_step(run) == 12
     assert Stylizer(run / "checkpoint.safetensors", "cpu").norm == "in"
     assert not list(run.glob(".*.tmp"))  # the half-written file was cleared away on resuming
+
+
+# ---------------------------------------------------------------- 4. full disk, unwritable folders
+
+
+def on_a_full_disk(monkeypatch, prefix: str, nth: int, before_write=lambda: None) -> None:
+    """The ``nth`` temporary file named ``prefix...`` is written onto /dev/full: every write fails with ENOSPC."""
+    real_mkstemp, calls = tempfile.mkstemp, []
+
+    def mkstemp(*args, **kwargs):
+        fd, tmp = real_mkstemp(*args, **kwargs)
+        if kwargs.get("prefix", "").startswith(prefix):
+            calls.append(tmp)
+            if len(calls) == nth:
+                before_write()
+                full = os.open("/dev/full", os.O_WRONLY)
+                os.dup2(full, fd)
+                os.close(full)
+        return fd, tmp
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+
+
+def test_disk_full_at_the_second_checkpoint_keeps_the_first(photos, style_image, tmp_path, monkeypatch, capsys):
+    run, first = tmp_path / "run", {}
+    ckpt = run / "checkpoint.safetensors"
+    on_a_full_disk(monkeypatch, ".checkpoint.safetensors.", 2, lambda: first.setdefault("bytes", ckpt.read_bytes()))
+    assert run_cli("train", "--style", style_image, "--content-dir", photos, "--out", run, "--norm", "in", *TINY) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == f"error: {ckpt}: cannot write (No space left on device); the previous version is kept"
+    assert ckpt.read_bytes() == first["bytes"] and checkpoint_step(run) == 2
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_disk_full_for_the_loss_log_keeps_the_checkpoint(photos, style_image, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    assert run_cli("train", "--style", style_image, "--content-dir", photos, "--out", run, "--norm", "in", *TINY) == 0
+    before = (run / "checkpoint.safetensors").read_bytes()
+    real_truncate = LossLog.truncate
+
+    def truncate_onto_a_full_disk(self, last_step):
+        real_truncate(self, last_step)
+        full = os.open("/dev/full", os.O_WRONLY)
+        os.dup2(full, self.file.fileno())
+        os.close(full)
+
+    monkeypatch.setattr(LossLog, "truncate", truncate_onto_a_full_disk)
+    capsys.readouterr()
+    assert run_cli("train", "--out", run, "--resume", "--iterations", "6") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"error: {run / 'losses.jsonl'}: cannot write (No space left on device) at step 5"
+    assert (run / "checkpoint.safetensors").read_bytes() == before
+
+
+def test_unwritable_outputs_are_one_line_errors(trained_runs, photos, style_image, tmp_path, capsys):
+    """A file where the output folder should be stops even root, unlike permissions."""
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    model, photo = trained_runs["in"] / "checkpoint.safetensors", next(photos.glob("*.png"))
+    commands = {
+        "stylize one": ["stylize", photo, "-m", model, "-o", blocked / "out.png"],
+        "stylize a folder": ["stylize", photos, "-m", model, "-o", blocked / "out"],
+        "plot": ["plot", trained_runs["in"], "-o", blocked / "curves.png"],
+        "compare": ["compare", photo, "-m", model, "-o", blocked / "grid.png", "--size", "32"],
+        "export": ["export", model, blocked / "model.safetensors"],
+        "train": ["train", "--style", style_image, "--content-dir", photos, "--out", blocked / "run", *TINY],
+    }
+    for name, args in commands.items():
+        capsys.readouterr()
+        assert run_cli(*args) == 1, name
+        lines = capsys.readouterr().err.strip().splitlines()
+        errors = [line for line in lines if line.startswith("error: ")]
+        assert errors and all(str(blocked) in line and "cannot write" in line for line in errors), (name, lines)
+        assert all(line.startswith(("error: ", "wrote 0 image(s)")) for line in lines), (name, lines)
