@@ -155,6 +155,7 @@ def train_model(cfg: TrainConfig, resume: bool, console: Console, procs: Process
     recent = deque(maxlen=max(1, cfg.iterations // 10))
 
     def save(step: int) -> None:
+        refuse_non_finite_weights(model, step, ckpt_path)
         meta = checkpoint_metadata(cfg, step, recent, log, vgg_description(cfg))
         save_checkpoint(ckpt_path, model, meta, optimizer)
 
@@ -232,6 +233,14 @@ def remove_stale_temporaries(run_dir: Path) -> None:
     for name in (CHECKPOINT_NAME, LOG_NAME):
         for tmp in run_dir.glob(f".{name}.*.tmp"):
             tmp.unlink(missing_ok=True)
+
+
+def refuse_non_finite_weights(model: torch.nn.Module, step: int, ckpt_path: Path) -> None:
+    """A finite loss can still come with a NaN or infinite update: such weights are never saved."""
+    if all(torch.isfinite(p).all() for p in model.parameters()):
+        return
+    kept = f"the last good checkpoint {ckpt_path} is kept" if ckpt_path.exists() else "no checkpoint yet"
+    raise TrainingDiverged(f"weights became NaN or infinite at step {step} ({kept}); lower --lr and try again")
 
 
 def sync_bn_choice(cfg: TrainConfig, procs: Processes) -> bool | None:

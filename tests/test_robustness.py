@@ -624,3 +624,44 @@ def test_unwritable_outputs_are_one_line_errors(trained_runs, photos, style_imag
         errors = [line for line in lines if line.startswith("error: ")]
         assert errors and all(str(blocked) in line and "cannot write" in line for line in errors), (name, lines)
         assert all(line.startswith(("error: ", "wrote 0 image(s)")) for line in lines), (name, lines)
+
+
+# ---------------------------------------------------------------- 6. NaN and inf in training
+
+
+def poison_the_loss(monkeypatch, at_call: int, poison) -> None:
+    """Let ``poison`` change the loss terms of the ``at_call``-th training step of the next run."""
+    real_forward, calls = PerceptualLoss.forward, []
+
+    def forward(self, output, content):
+        losses = real_forward(self, output, content)
+        calls.append(1)
+        return poison(losses, output) if len(calls) == at_call else losses
+
+    monkeypatch.setattr(PerceptualLoss, "forward", forward)
+
+
+def infinite_loss(losses, output):
+    return {**losses, "total": losses["total"] * float("inf")}
+
+
+def nan_gradients(losses, output):
+    """The same finite loss, but d sqrt(|x|) at 0 makes every gradient NaN: the update ruins the weights."""
+    return {**losses, "total": losses["total"] + (output - output.detach()).abs().sqrt().sum()}
+
+
+@pytest.mark.parametrize("poison, message", [(infinite_loss, "loss became inf at step 6"),
+                                             (nan_gradients, "weights became NaN or infinite at step 6")])  # fmt: skip
+def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(
+    photos, style_image, tmp_path, monkeypatch, capsys, poison, message
+):
+    run = tmp_path / "run"
+    assert run_cli("train", "--style", style_image, "--content-dir", photos, "--out", run, "--norm", "in", *TINY) == 0
+    good = (run / "checkpoint.safetensors").read_bytes()
+    poison_the_loss(monkeypatch, 2, poison)  # the resumed run's second step: step 6, a checkpoint step
+    capsys.readouterr()
+    assert run_cli("train", "--out", run, "--resume", "--iterations", "8") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: {message} (the last good checkpoint {run / 'checkpoint.safetensors'} is kept)")
+    assert (run / "checkpoint.safetensors").read_bytes() == good
+    assert logged_steps(run)[-1] <= 6
