@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import random
+import shutil
 import signal
 import struct
 import subprocess
@@ -584,9 +585,13 @@ def test_disk_full_at_the_second_checkpoint_keeps_the_first(photos, style_image,
     assert not list(run.glob(".*.tmp"))
 
 
-def test_disk_full_for_the_loss_log_keeps_the_checkpoint(photos, style_image, tmp_path, monkeypatch, capsys):
-    run = tmp_path / "run"
-    assert run_cli("train", "--style", style_image, "--content-dir", photos, "--out", run, "--norm", "in", *TINY) == 0
+def copy_of_a_finished_run(trained_runs, tmp_path) -> Path:
+    """The session's 4-step IN run, copied so that it can be resumed and broken."""
+    return Path(shutil.copytree(trained_runs["in"], tmp_path / "run"))
+
+
+def test_disk_full_for_the_loss_log_keeps_the_checkpoint(trained_runs, tmp_path, monkeypatch, capsys):
+    run = copy_of_a_finished_run(trained_runs, tmp_path)
     before = (run / "checkpoint.safetensors").read_bytes()
     real_truncate = LossLog.truncate
 
@@ -653,10 +658,9 @@ def nan_gradients(losses, output):
 @pytest.mark.parametrize("poison, message", [(infinite_loss, "loss became inf at step 6"),
                                              (nan_gradients, "weights became NaN or infinite at step 6")])  # fmt: skip
 def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(
-    photos, style_image, tmp_path, monkeypatch, capsys, poison, message
+    trained_runs, tmp_path, monkeypatch, capsys, poison, message
 ):
-    run = tmp_path / "run"
-    assert run_cli("train", "--style", style_image, "--content-dir", photos, "--out", run, "--norm", "in", *TINY) == 0
+    run = copy_of_a_finished_run(trained_runs, tmp_path)
     good = (run / "checkpoint.safetensors").read_bytes()
     poison_the_loss(monkeypatch, 2, poison)  # the resumed run's second step: step 6, a checkpoint step
     capsys.readouterr()
