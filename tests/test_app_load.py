@@ -82,7 +82,7 @@ def check_result(result, shape) -> str | None:
     return None
 
 
-def client_session(url: str, images: list[Path], outcomes: Counter, problems: list[str]) -> None:
+def one_client(url: str, images: list[Path], outcomes: Counter, problems: list[str]) -> None:
     """One client sends all its photos at once, then waits for every answer."""
     from gradio_client import Client, handle_file
 
@@ -112,7 +112,7 @@ def test_sixteen_clients_at_once(server, images):
     proc, url, output = server
     baseline = resident_mb(proc.pid)
     outcomes, problems = Counter(), []
-    threads = [threading.Thread(target=client_session, args=(url, images, outcomes, problems)) for _ in range(CLIENTS)]
+    threads = [threading.Thread(target=one_client, args=(url, images, outcomes, problems)) for _ in range(CLIENTS)]
     start = time.time()
     for t in threads:
         t.start()
@@ -128,6 +128,6 @@ def test_sixteen_clients_at_once(server, images):
     assert outcomes["answered"] >= demo_app.QUEUE_SIZE  # a full queue's worth got through
     assert peak < RSS_BOUND_MB
     assert proc.poll() is None, "the server died"
-    client_session(url, images[:1], outcomes, problems)  # and it still answers
+    one_client(url, images[:1], outcomes, problems)  # and it still answers
     assert problems == [] and outcomes["answered"] > CLIENTS * IMAGES_PER_CLIENT - outcomes["queue full"]
     assert "Traceback" not in "".join(output)

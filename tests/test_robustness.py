@@ -590,7 +590,7 @@ def test_disk_full_at_the_second_checkpoint_keeps_the_first(photos, style_image,
 
 
 def copy_of_a_finished_run(trained_runs, tmp_path) -> Path:
-    """The session's 4-step IN run, copied so that it can be resumed and broken."""
+    """The 4-step IN run of the trained_runs fixture, copied so that it can be resumed and broken."""
     return Path(shutil.copytree(trained_runs["in"], tmp_path / "run"))
 
 
