@@ -92,12 +92,13 @@ def training_step(norm, size, batch, device, fast, vgg="vgg16"):
     return step, batch
 
 
-def network_step(norm, size, batch, device, fast=True):
+def network_step(norm, size, batch, device, channels_last=False):
     """The transformation network alone, forward and backward: the cost of the norm layers."""
     torch.manual_seed(0)
     dtype = resolve_precision("auto", device)
-    model = TransformerNet(norm).to(device).train()
-    x = torch.rand(batch, 3, size, size, device=device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = TransformerNet(norm).to(device, memory_format=memory_format).train()
+    x = torch.rand(batch, 3, size, size, device=device).contiguous(memory_format=memory_format)
 
     def step():
         with autocast(device, dtype):
@@ -234,9 +235,11 @@ def main():
     train = {"norm": args.norm, "size": 256, **common}
     compare(rows, "train 256px b4 vgg16", [("fp32 eager baseline", "train", {**train, "fast": False}),
                                            ("fast (train default)", "train", {**train, "fast": True})], rounds, repeats)  # fmt: skip
-    net = {"size": 256, **common}
     norms = ("bn", "iebn") if args.quick else ("bn", "iebn", "in", "se")
-    compare(rows, "network fwd+bwd 256px", [(n, "network", {**net, "norm": n}) for n in norms], 2 * rounds, repeats)
+    for layout, channels_last in (("NCHW", False), ("NHWC", True)):
+        net = {"size": 256, "channels_last": channels_last, **common}
+        compare(rows, f"network f+b 256px {layout}", [(n, "network", {**net, "norm": n}) for n in norms],
+                2 * rounds, repeats)  # fmt: skip
     ckpt = shipped_checkpoint(args.norm)
     for size in (512, 1024):
         sty = {"norm": args.norm, "size": size, "device": device, "batch": 1, "checkpoint": ckpt}

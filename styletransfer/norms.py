@@ -97,7 +97,8 @@ class IEBN2d(nn.BatchNorm2d):
         if self.training:
             # Per-instance statistics in one pass; the batch's follow from the law of total
             # variance, and the per-instance mean is the gate's input.
-            inst_var, inst_mean = torch.var_mean(x.float(), dim=(2, 3), correction=0)
+            # (Reductions accumulate in fp32 even on bf16 input; only the small results are cast.)
+            inst_var, inst_mean = (t.float() for t in torch.var_mean(x, dim=(2, 3), correction=0))
             mean = inst_mean.mean(0)
             var = inst_var.mean(0) + (inst_mean - mean).pow(2).mean(0)
             count = x.numel() // x.shape[1]
@@ -105,7 +106,7 @@ class IEBN2d(nn.BatchNorm2d):
                 mean, var, count = global_batch_stats(mean, var, count, self.process_group)
             self._update_running_stats(mean, var, count)
         else:
-            inst_mean = x.float().mean(dim=(2, 3))
+            inst_mean = x.mean(dim=(2, 3), dtype=torch.float32)
             mean, var = self.running_mean, self.running_var
         gate = self.gate(inst_mean)
         gamma, beta = self.weight.expand_as(gate), self.bias.expand_as(gate)
