@@ -14,7 +14,6 @@ from PIL import Image
 
 from styletransfer.cli import main
 
-ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets"
 
 
 def make_photo(path: Path, size=(80, 60), seed: int = 0) -> Path:
