@@ -172,9 +172,8 @@ def train_model(cfg: TrainConfig, resume: bool, console: Console, procs: Process
             # After the update, so the (one) exchange between processes does not stall the GPU.
             values, stop_now = summarise_step(procs, losses, stop.requested)
             if not all(math.isfinite(v) for v in values.values()):
-                kept = f"the last good checkpoint {ckpt_path} is kept" if ckpt_path.exists() else "no checkpoint yet"
                 raise TrainingDiverged(
-                    f"loss became {values['total']} at step {step} ({kept}); lower --lr and try again"
+                    f"loss became {values['total']} at step {step} ({last_good(ckpt_path)}); lower --lr and try again"
                 )
             if procs.is_main:
                 log.write(step, values)
@@ -239,8 +238,13 @@ def refuse_non_finite_weights(model: torch.nn.Module, step: int, ckpt_path: Path
     """A finite loss can still come with a NaN or infinite update: such weights are never saved."""
     if all(torch.isfinite(p).all() for p in model.parameters()):
         return
-    kept = f"the last good checkpoint {ckpt_path} is kept" if ckpt_path.exists() else "no checkpoint yet"
-    raise TrainingDiverged(f"weights became NaN or infinite at step {step} ({kept}); lower --lr and try again")
+    raise TrainingDiverged(
+        f"weights became NaN or infinite at step {step} ({last_good(ckpt_path)}); lower --lr and try again"
+    )
+
+
+def last_good(ckpt_path: Path) -> str:
+    return f"the last good checkpoint {ckpt_path} is kept" if ckpt_path.exists() else "no checkpoint yet"
 
 
 def sync_bn_choice(cfg: TrainConfig, procs: Processes) -> bool | None:
