@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .instance_ops import instance_moments, instance_scale_shift
 from .syncbn import global_batch_stats
 
 NORM_NAMES = ("bn", "in", "se", "iebn")
@@ -91,14 +92,12 @@ class IEBN2d(nn.BatchNorm2d):
 
         ``x_hat * g + b`` with ``x_hat = (x - mean) / sqrt(var + eps)`` is computed as
         ``x * s + t``: one reduction pass for the statistics and one fused multiply-add,
-        instead of normalising and then applying the affine step separately.
+        both on native batch-norm kernels (see :mod:`styletransfer.instance_ops`).
         """
         self._check_input_dim(x)
+        inst_mean, inst_var = instance_moments(x)  # fp32, shape (N, C)
         if self.training:
-            # Per-instance statistics in one pass; the batch's follow from the law of total
-            # variance, and the per-instance mean is the gate's input.
-            # (Reductions accumulate in fp32 even on bf16 input; only the small results are cast.)
-            inst_var, inst_mean = (t.float() for t in torch.var_mean(x, dim=(2, 3), correction=0))
+            # The batch's statistics follow from the instances' by the law of total variance.
             mean = inst_mean.mean(0)
             var = inst_var.mean(0) + (inst_mean - mean).pow(2).mean(0)
             count = x.numel() // x.shape[1]
@@ -106,7 +105,6 @@ class IEBN2d(nn.BatchNorm2d):
                 mean, var, count = global_batch_stats(mean, var, count, self.process_group)
             self._update_running_stats(mean, var, count)
         else:
-            inst_mean = x.mean(dim=(2, 3), dtype=torch.float32)
             mean, var = self.running_mean, self.running_var
         gate = self.gate(inst_mean)
         gamma, beta = self.weight.expand_as(gate), self.bias.expand_as(gate)
@@ -116,7 +114,7 @@ class IEBN2d(nn.BatchNorm2d):
             beta = beta * gate
         scale = gamma * torch.rsqrt(var + self.eps)
         shift = beta - mean * scale
-        return torch.addcmul(shift.to(x.dtype)[:, :, None, None], x, scale.to(x.dtype)[:, :, None, None])
+        return instance_scale_shift(x, scale, shift)
 
     @torch.no_grad()
     def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:

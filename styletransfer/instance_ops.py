@@ -1,0 +1,151 @@
+"""Per-instance statistics and scale-shift for IEBN, on torch's native batch-norm kernels.
+
+IEBN needs, for every (instance, channel) pair, the mean and variance of the input and a
+multiply-add ``y = x * scale + shift``. Written with ``torch.var_mean`` and broadcasting, those
+are generic kernels, and in bf16 they are an order of magnitude slower than BN's own. But a
+batch-norm kernel whose "channels" are the (instance, channel) pairs computes exactly these
+per-instance quantities, in fp32 and in one pass:
+
+- ``torch.batch_norm_update_stats`` gives mean and biased variance;
+- ``torch.native_batch_norm`` in eval mode, with running mean ``c``, running variance 1 and
+  eps 0, gives ``(x - c) * weight + bias``;
+- ``native_batch_norm_backward`` in eval mode gives ``sum(g)`` and ``sum(g * (x - c))``.
+
+A contiguous (N, C, H, W) tensor is viewed as (1, N*C, H, W); a channels_last one is taken an
+instance at a time, each slice already being one contiguous channels_last image. The two
+autograd functions below keep the big tensors on these kernels in both directions; the small
+(N, C) tensors in between go through ordinary autograd.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.autograd import Function
+
+
+def _param_dtype(x: torch.Tensor) -> torch.dtype:
+    """The kernels take fp32 statistics and affine parameters for fp32, bf16 and fp16 input."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def _instances(x: torch.Tensor) -> list[torch.Tensor]:
+    """Views of ``x`` whose channels are its (instance, channel) pairs, in order."""
+    n, c, h, w = x.shape
+    if x.is_contiguous():
+        return [x.view(1, n * c, h, w)]
+    return [x[i : i + 1] for i in range(n)]
+
+
+def _layout(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in a layout that :func:`_instances` can slice without copying."""
+    if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
+        return x
+    return x.contiguous()
+
+
+def _moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and biased variance of every (instance, channel), shape (N, C), in fp32."""
+    parts = _instances(x)
+    # Scratch running statistics in fp32: with them the kernel also returns fp32 for bf16 input.
+    scratch = torch.empty(parts[0].shape[1], dtype=_param_dtype(x), device=x.device)
+    stats = [torch.batch_norm_update_stats(part, scratch, scratch.clone(), 1.0) for part in parts]
+    mean = torch.cat([m for m, _ in stats]).view(x.shape[:2])
+    var = torch.cat([v for _, v in stats]).view(x.shape[:2])
+    return mean, var
+
+
+def _affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+    """``(x - centre) * weight + bias`` with (N, C) parameters, in x's dtype and layout."""
+    dtype = _param_dtype(x)
+    weight, bias, centre = (t.to(dtype).reshape(-1) for t in (weight, bias, centre))
+    ones = torch.ones_like(weight)
+    out = torch.empty_like(x)
+    parts = _instances(x)
+    size = weight.numel() // len(parts)
+    for i, (part, out_part) in enumerate(zip(parts, _instances(out))):
+        own = slice(i * size, (i + 1) * size)
+        stats = (torch.empty(0, dtype=dtype, device=x.device), torch.empty(0, dtype=dtype, device=x.device))
+        torch.native_batch_norm(
+            part, weight[own], bias[own], centre[own], ones[own], False, 0.0, 0.0, out=(out_part, *stats)
+        )
+    return out
+
+
+def _sums(grad: torch.Tensor, x: torch.Tensor, centre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sum(grad)`` and ``sum(grad * (x - centre))`` over (H, W), shape (N, C), in fp32."""
+    dtype = _param_dtype(x)
+    centre = centre.to(dtype).reshape(-1)
+    ones = torch.ones_like(centre)
+    size = centre.numel() // len(_instances(x))
+    dots, totals = [], []
+    for i, (g, part) in enumerate(zip(_instances(grad), _instances(x))):
+        own = slice(i * size, (i + 1) * size)
+        _, dot, total = torch.ops.aten.native_batch_norm_backward(
+            g, part, None, centre[own], ones[own], None, None, False, 0.0, [False, True, True]
+        )
+        dots.append(dot)
+        totals.append(total)
+    return torch.cat(totals).view(x.shape[:2]), torch.cat(dots).view(x.shape[:2])
+
+
+class InstanceMoments(Function):
+    """(N, C, H, W) -> per-(instance, channel) mean and biased variance, both (N, C)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor):
+        x = _layout(x)
+        mean, var = _moments(x)
+        ctx.save_for_backward(x, mean)
+        return mean, var
+
+    @staticmethod
+    def backward(ctx, grad_mean: torch.Tensor | None, grad_var: torch.Tensor | None):
+        x, mean = ctx.saved_tensors
+        count = x.shape[2] * x.shape[3]
+        grad_mean = torch.zeros_like(mean) if grad_mean is None else grad_mean
+        grad_var = torch.zeros_like(mean) if grad_var is None else grad_var
+        # d mean / dx = 1 / count; d var / dx = 2 (x - mean) / count
+        return _affine(x, 2 * grad_var / count, grad_mean / count, mean)
+
+
+class InstanceScaleShift(Function):
+    """``y = x * scale[n, c] + shift[n, c]`` for (N, C) ``scale`` and ``shift``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor):
+        x = _layout(x)
+        ctx.save_for_backward(x, scale)
+        return _affine(x, scale, shift, torch.zeros_like(scale))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, scale = ctx.saved_tensors
+        grad = grad.contiguous(memory_format=_memory_format(x))
+        grad_shift, grad_scale = _sums(grad, x, torch.zeros_like(scale))
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _affine(grad, scale, torch.zeros_like(scale), torch.zeros_like(scale))
+        return grad_x, grad_scale, grad_shift
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    return torch.contiguous_format if x.is_contiguous() else torch.channels_last
+
+
+# Devices whose batch-norm kernels take the calls above; elsewhere (e.g. MPS) plain torch ops.
+NATIVE_KERNEL_DEVICES = ("cpu", "cuda")
+
+
+def instance_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and biased variance over (H, W) of every (instance, channel) of ``x``, in fp32."""
+    if x.device.type in NATIVE_KERNEL_DEVICES:
+        return InstanceMoments.apply(x)
+    var, mean = torch.var_mean(x.to(_param_dtype(x)), dim=(2, 3), correction=0)
+    return mean, var
+
+
+def instance_scale_shift(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``x * scale[:, :, None, None] + shift[:, :, None, None]`` in x's dtype and layout."""
+    if x.device.type in NATIVE_KERNEL_DEVICES:
+        return InstanceScaleShift.apply(x, scale, shift)
+    return torch.addcmul(shift[:, :, None, None], x, scale[:, :, None, None]).to(x.dtype)
