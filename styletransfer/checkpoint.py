@@ -170,7 +170,10 @@ def load_checkpoint(path: str | Path, with_optimizer: bool = False) -> Checkpoin
             raise StyleTransferError(f"{path}: damaged checkpoint ({short(e)})") from None
     optimizer_state = None
     if with_optimizer and "optimizer" in meta:
-        optimizer_state = unflatten_optimizer(optim, meta["optimizer"])
+        try:
+            optimizer_state = unflatten_optimizer(optim, meta["optimizer"])
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise StyleTransferError(f"{path}: damaged optimiser state ({short(e)})") from None
     return Checkpoint(meta=meta, model_state=model_state, optimizer_state=optimizer_state, path=path)
 
 

@@ -204,7 +204,8 @@ def restore(model, optimizer, ckpt_path: Path, resume: bool, console: Console, p
             raise StyleTransferError(f"{ckpt_path}: holds no optimiser state, so it cannot be resumed")
         try:
             optimizer.load_state_dict(ckpt.optimizer_state)
-        except (ValueError, KeyError) as e:
+            check_optimizer_shapes(optimizer)
+        except (ValueError, KeyError, TypeError) as e:
             raise StyleTransferError(f"{ckpt_path}: its optimiser state does not fit the network ({e})") from None
         start_step = ckpt.meta["step"]
         console.print(f"resuming {run_dir} at step {start_step}")
@@ -300,6 +301,15 @@ def validate(cfg: TrainConfig) -> None:
         raise StyleTransferError(f"--norm {cfg.norm} uses batch statistics: --batch-size must be at least 2{across}")
     if not cfg.lr > 0:
         raise StyleTransferError("--lr must be positive")
+
+
+def check_optimizer_shapes(optimizer: torch.optim.Optimizer) -> None:
+    """Adam's moments must have their parameter's shape; torch would only notice at the first step."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for name, value in optimizer.state.get(param, {}).items():
+                if torch.is_tensor(value) and value.dim() > 0 and value.shape != param.shape:
+                    raise ValueError(f"{name} has shape {tuple(value.shape)}, its parameter {tuple(param.shape)}")
 
 
 def optimizer_to(optimizer: torch.optim.Optimizer, device: torch.device) -> None:

@@ -466,6 +466,33 @@ def test_checkpoints_that_do_not_fit_the_network_are_one_line_errors(trained_run
         assert len(err.splitlines()) == 1, err
 
 
+def wrongly_shaped_moment(tensors: dict) -> None:
+    key = next(k for k in sorted(tensors) if k.endswith(".exp_avg"))
+    tensors[key] = torch.zeros(7)
+
+
+def garbled_parameter_index(tensors: dict) -> None:
+    key = next(k for k in sorted(tensors) if k.startswith("optim."))
+    tensors["optim.x." + key.split(".", 2)[2]] = tensors.pop(key)
+
+
+OPTIMISER_DAMAGE = {"a wrongly shaped moment": wrongly_shaped_moment, "a garbled parameter index": garbled_parameter_index}
+
+
+@pytest.mark.parametrize("damage", sorted(OPTIMISER_DAMAGE))
+def test_damaged_optimiser_state_stops_resuming_with_one_line(trained_runs, tmp_path, capsys, damage):
+    run = tmp_path / "run"
+    run.mkdir()
+    bad = resave(trained_runs["in"] / "checkpoint.safetensors", run / "checkpoint.safetensors", OPTIMISER_DAMAGE[damage])
+    before = bad.read_bytes()
+    capsys.readouterr()
+    assert run_cli("train", "--out", run, "--resume", "--iterations", "6") == 1
+    err = capsys.readouterr().err.strip()
+    assert "optimiser" in err and "checkpoint.safetensors" in err and "Traceback" not in err, err
+    assert len(err.splitlines()) == 1, err
+    assert bad.read_bytes() == before
+
+
 # ---------------------------------------------------------------- 3. killed training
 
 KILL_RUN = ["--norm", "in", "--iterations", "12", "--checkpoint-every", "3", "--image-size", "32", "--style-size", "64",
