@@ -1,7 +1,7 @@
-"""Per-instance statistics and scale-shift for IEBN, on torch's native batch-norm kernels.
+"""Per-instance statistics and scale-shift on torch's native batch-norm kernels.
 
 IEBN needs, for every (instance, channel) pair, the mean and variance of the input and a
-multiply-add ``y = x * scale + shift``. Written with ``torch.var_mean`` and broadcasting, those
+multiply-add ``y = x * scale + shift``; so do instance norm and the SE gate. Written with ``torch.var_mean`` and broadcasting, those
 are generic kernels, and in bf16 they are an order of magnitude slower than BN's own. But a
 batch-norm kernel whose "channels" are the (instance, channel) pairs computes exactly these
 per-instance quantities, in fp32 and in one pass:
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 from torch.autograd import Function
+from torch.autograd.function import once_differentiable
 
 
 def _param_dtype(x: torch.Tensor) -> torch.dtype:
@@ -99,6 +100,7 @@ class InstanceMoments(Function):
         return mean, var
 
     @staticmethod
+    @once_differentiable  # the kernels' own backward is not differentiated again
     def backward(ctx, grad_mean: torch.Tensor | None, grad_var: torch.Tensor | None):
         x, mean = ctx.saved_tensors
         count = x.shape[2] * x.shape[3]
@@ -118,6 +120,7 @@ class InstanceScaleShift(Function):
         return _affine(x, scale, shift, torch.zeros_like(scale))
 
     @staticmethod
+    @once_differentiable  # the kernels' own backward is not differentiated again
     def backward(ctx, grad: torch.Tensor):
         x, scale = ctx.saved_tensors
         grad = grad.contiguous(memory_format=_memory_format(x))

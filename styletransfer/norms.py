@@ -133,6 +133,25 @@ class IEBN2d(nn.BatchNorm2d):
         return f"{super().extra_repr()}, excite={self.excite}, squeeze={self.squeeze}, activation={self.activation}"
 
 
+class InstanceNorm2d(nn.InstanceNorm2d):
+    """``nn.InstanceNorm2d`` computed on the per-instance kernels of IEBN.
+
+    Same parameters and results; faster in bf16 and channels_last, where torch's own
+    instance norm first copies the input into a contiguous layout.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.track_running_stats or x.dim() != 4:
+            return super().forward(x)
+        mean, var = instance_moments(x)
+        scale = torch.rsqrt(var + self.eps)
+        shift = -mean * scale
+        if self.affine:
+            scale = scale * self.weight
+            shift = shift * self.weight + self.bias
+        return instance_scale_shift(x, scale, shift)
+
+
 class SqueezeExcite(nn.Module):
     """Squeeze-and-excitation: avg-pool, FC C->C/r, ReLU, FC C/r->C, sigmoid, rescale."""
 
@@ -143,9 +162,9 @@ class SqueezeExcite(nn.Module):
         self.fc2 = nn.Linear(hidden, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = x.mean(dim=(2, 3))
-        s = torch.sigmoid(self.fc2(F.relu(self.fc1(s))))
-        return x * s[:, :, None, None]
+        squeezed, _ = instance_moments(x)  # the channel means, on the same fast kernel as IEBN's
+        s = torch.sigmoid(self.fc2(F.relu(self.fc1(squeezed))))
+        return instance_scale_shift(x, s, torch.zeros_like(s))
 
 
 class BatchNormSE(nn.Sequential):
@@ -164,7 +183,7 @@ def make_norm(name: str, channels: int, **options) -> nn.Module:
     if name == "bn":
         return nn.BatchNorm2d(channels)
     if name == "in":
-        return nn.InstanceNorm2d(channels, affine=True)
+        return InstanceNorm2d(channels, affine=True)
     if name == "se":
         return BatchNormSE(channels, **options)
     if name == "iebn":

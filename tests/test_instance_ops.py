@@ -2,9 +2,10 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from styletransfer.instance_ops import instance_moments, instance_scale_shift
-from styletransfer.norms import IEBN2d
+from styletransfer.norms import IEBN2d, SqueezeExcite, make_norm
 from tests.test_norms import iebn_by_formula, randomised_iebn
 
 LAYOUTS = {
@@ -110,3 +111,41 @@ def test_plain_torch_fallback_gives_the_same_layer(monkeypatch, layout):
     plain_grads = torch.autograd.grad(plain, (x, layer.weight, layer.gate_weight), upstream)
     for p, n in zip(plain_grads, native_grads):
         torch.testing.assert_close(p, n, rtol=1e-4, atol=1e-5)
+
+
+def test_second_derivatives_are_refused_rather_than_wrong():
+    layer = randomised_iebn(4).train()
+    x = sample((2, 4, 5, 5), torch.float32)
+    (grad,) = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad.sum().backward()
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_instance_norm_equals_torch_instance_norm(layout):
+    layer = make_norm("in", 4)
+    with torch.no_grad():
+        layer.weight.normal_()
+        layer.bias.normal_()
+    x = sample((3, 4, 5, 6), torch.float32, layout)
+    expected = F.instance_norm(x, weight=layer.weight, bias=layer.bias, eps=layer.eps)
+    y = layer(x)
+    torch.testing.assert_close(y, expected, rtol=1e-4, atol=1e-5)
+    upstream = torch.randn_like(expected)
+    wanted = torch.autograd.grad(expected, (x, layer.weight, layer.bias), upstream)
+    for got, want in zip(torch.autograd.grad(y, (x, layer.weight, layer.bias), upstream), wanted):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_squeeze_excite_equals_its_formula(layout):
+    torch.manual_seed(0)
+    se = SqueezeExcite(16)
+    x = sample((3, 16, 5, 6), torch.float32, layout)
+    expected = x * torch.sigmoid(se.fc2(F.relu(se.fc1(x.mean(dim=(2, 3))))))[:, :, None, None]
+    y = se(x)
+    torch.testing.assert_close(y, expected)
+    upstream = torch.randn_like(expected)
+    params = (x, se.fc1.weight, se.fc2.bias)
+    for got, want in zip(torch.autograd.grad(y, params, upstream), torch.autograd.grad(expected, params, upstream)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
