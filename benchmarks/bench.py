@@ -238,8 +238,11 @@ def main():
     norms = ("bn", "iebn") if args.quick else ("bn", "iebn", "in", "se")
     for layout, channels_last in (("NCHW", False), ("NHWC", True)):
         net = {"size": 256, "channels_last": channels_last, **common}
-        compare(rows, f"network f+b 256px {layout}", [(n, "network", {**net, "norm": n}) for n in norms],
-                2 * rounds, repeats)  # fmt: skip
+        label = f"network f+b 256px {layout}"
+        compare(rows, label, [(n, "network", {**net, "norm": n}) for n in norms], 2 * rounds, repeats)
+        speed = {row[1]: row[2] for row in rows if row[0] == label}
+        overhead = speed["bn"] / speed["iebn"]  # time per image of IEBN over BN's
+        rows.append((label, f"IEBN time / BN time: {overhead:.2f}x", 0, 0, 0, 0))
     ckpt = shipped_checkpoint(args.norm)
     for size in (512, 1024):
         sty = {"norm": args.norm, "size": size, "device": device, "batch": 1, "checkpoint": ckpt}
