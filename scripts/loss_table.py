@@ -1,0 +1,58 @@
+"""The final-loss table of docs/results.md, from the loss logs shipped beside the checkpoints.
+
+    python scripts/loss_table.py starry_night wave
+
+For each style: the mean of each loss over the last 10 % of steps, per norm, and the paired
+difference to BN over the same steps (every norm saw the same batches) +- one standard error.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NORMS = {"bn": "BN", "in": "IN", "se": "BN+SE", "iebn": "IEBN"}
+TERMS = ("content", "style", "tv", "total")
+DECIMALS = {"content": 3, "style": 4, "tv": 3, "total": 3}
+
+
+def read_log(path: Path) -> dict[int, dict]:
+    with gzip.open(path, "rt") as f:
+        return {row["step"]: row for row in map(json.loads, f)}
+
+
+def mean_and_error(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return mean, math.sqrt(var / len(values))
+
+
+def table(style: str) -> str:
+    logs = {norm: read_log(ROOT / "checkpoints" / style / f"{norm}.losses.jsonl.gz") for norm in NORMS}
+    last = min(max(log) for log in logs.values())
+    steps = [s for s in range(last - last // 10 + 1, last + 1) if all(s in log for log in logs.values())]
+    lines = [
+        f"**{style}**, steps {steps[0]}–{steps[-1]}",
+        "",
+        "| norm | content | style | tv | total | content − BN | style − BN | total − BN |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for norm, label in NORMS.items():
+        cells = [f"{mean_and_error([logs[norm][s][t] for s in steps])[0]:.{DECIMALS[t]}f}" for t in TERMS]
+        for term in ("content", "style", "total"):
+            if norm == "bn":
+                cells.append("")
+                continue
+            diff, error = mean_and_error([logs[norm][s][term] - logs["bn"][s][term] for s in steps])
+            d = DECIMALS[term]
+            cells.append(f"{diff:+.{d}f} ± {error:.{d}f}".replace("-", "−"))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print("\n\n".join(table(style) for style in sys.argv[1:]))
