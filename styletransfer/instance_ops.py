@@ -77,12 +77,15 @@ def _sums(grad: torch.Tensor, x: torch.Tensor, centre: torch.Tensor) -> tuple[to
     dtype = _param_dtype(x)
     centre = centre.to(dtype).reshape(-1)
     ones = torch.ones_like(centre)
+    # Empty saved statistics mean "use the running ones" (CUDA insists on defined tensors), and an
+    # fp32 weight selects the mixed-precision kernel for bf16 input; it is 1, so it changes nothing.
+    unused = torch.empty(0, dtype=dtype, device=x.device)
     size = centre.numel() // len(_instances(x))
     dots, totals = [], []
     for i, (g, part) in enumerate(zip(_instances(grad), _instances(x))):
         own = slice(i * size, (i + 1) * size)
         _, dot, total = torch.ops.aten.native_batch_norm_backward(
-            g, part, None, centre[own], ones[own], None, None, False, 0.0, [False, True, True]
+            g, part, ones[own], centre[own], ones[own], unused, unused, False, 0.0, [False, True, True]
         )
         dots.append(dot)
         totals.append(total)
@@ -111,24 +114,29 @@ class InstanceMoments(Function):
 
 
 class InstanceScaleShift(Function):
-    """``y = x * scale[n, c] + shift[n, c]`` for (N, C) ``scale`` and ``shift``."""
+    """``y = (x - centre[n, c]) * scale[n, c] + shift[n, c]`` for (N, C) parameters.
+
+    Centring first (with the mean that is subtracted anyway) keeps the scale's gradient
+    ``sum(g * (x - centre))`` free of the cancellation that ``sum(g * x) - centre * sum(g)`` has.
+    """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor):
+    def forward(ctx, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, centre: torch.Tensor):
         x = _layout(x)
-        ctx.save_for_backward(x, scale)
-        return _affine(x, scale, shift, torch.zeros_like(scale))
+        ctx.save_for_backward(x, scale, centre)
+        return _affine(x, scale, shift, centre)
 
     @staticmethod
     @once_differentiable  # the kernels' own backward is not differentiated again
     def backward(ctx, grad: torch.Tensor):
-        x, scale = ctx.saved_tensors
+        x, scale, centre = ctx.saved_tensors
         grad = grad.contiguous(memory_format=_memory_format(x))
-        grad_shift, grad_scale = _sums(grad, x, torch.zeros_like(scale))
+        grad_shift, grad_scale = _sums(grad, x, centre)
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = _affine(grad, scale, torch.zeros_like(scale), torch.zeros_like(scale))
-        return grad_x, grad_scale, grad_shift
+            zeros = torch.zeros_like(scale)
+            grad_x = _affine(grad, scale, zeros, zeros)
+        return grad_x, grad_scale, grad_shift, -scale * grad_shift
 
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
@@ -147,8 +155,15 @@ def instance_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, var
 
 
-def instance_scale_shift(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """``x * scale[:, :, None, None] + shift[:, :, None, None]`` in x's dtype and layout."""
+def instance_scale_shift(
+    x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, centre: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``(x - centre) * scale + shift``, each (N, C) and broadcast over (H, W), in x's dtype and layout.
+
+    ``centre`` defaults to 0, giving ``x * scale + shift``.
+    """
+    if centre is None:
+        centre = torch.zeros_like(scale)
     if x.device.type in NATIVE_KERNEL_DEVICES:
-        return InstanceScaleShift.apply(x, scale, shift)
-    return torch.addcmul(shift[:, :, None, None], x, scale[:, :, None, None]).to(x.dtype)
+        return InstanceScaleShift.apply(x, scale, shift, centre)
+    return ((x - centre[:, :, None, None]) * scale[:, :, None, None] + shift[:, :, None, None]).to(x.dtype)

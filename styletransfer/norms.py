@@ -91,8 +91,8 @@ class IEBN2d(nn.BatchNorm2d):
         """BN with the gate folded into one per-(instance, channel) scale and shift.
 
         ``x_hat * g + b`` with ``x_hat = (x - mean) / sqrt(var + eps)`` is computed as
-        ``x * s + t``: one reduction pass for the statistics and one fused multiply-add,
-        both on native batch-norm kernels (see :mod:`styletransfer.instance_ops`).
+        ``(x - mean) * s + t``: one reduction pass for the statistics and one fused
+        multiply-add, both on native batch-norm kernels (see :mod:`styletransfer.instance_ops`).
         """
         self._check_input_dim(x)
         inst_mean, inst_var = instance_moments(x)  # fp32, shape (N, C)
@@ -113,8 +113,7 @@ class IEBN2d(nn.BatchNorm2d):
         if self.excite in ("beta", "both"):
             beta = beta * gate
         scale = gamma * torch.rsqrt(var + self.eps)
-        shift = beta - mean * scale
-        return instance_scale_shift(x, scale, shift)
+        return instance_scale_shift(x, scale, beta, mean.expand_as(scale))
 
     @torch.no_grad()
     def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
@@ -141,15 +140,16 @@ class InstanceNorm2d(nn.InstanceNorm2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.track_running_stats or x.dim() != 4:
-            return super().forward(x)
+        unusual = self.track_running_stats or x.dim() != 4 or x.shape[1] != self.num_features
+        if unusual or x.shape[2] * x.shape[3] < 2:
+            return super().forward(x)  # torch's own layer, and its checks, for everything unusual
         mean, var = instance_moments(x)
         scale = torch.rsqrt(var + self.eps)
-        shift = -mean * scale
+        shift = torch.zeros_like(scale)
         if self.affine:
             scale = scale * self.weight
-            shift = shift * self.weight + self.bias
-        return instance_scale_shift(x, scale, shift)
+            shift = shift + self.bias
+        return instance_scale_shift(x, scale, shift, mean)
 
 
 class SqueezeExcite(nn.Module):

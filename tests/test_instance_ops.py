@@ -15,9 +15,13 @@ LAYOUTS = {
 }
 
 
-def sample(shape=(3, 4, 5, 6), dtype=torch.float64, layout="nchw"):
+# The kernels are stricter on CUDA than on the CPU: where a GPU is present, test there too.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def sample(shape=(3, 4, 5, 6), dtype=torch.float64, layout="nchw", device="cpu"):
     torch.manual_seed(0)
-    return LAYOUTS[layout]((torch.randn(shape) * 2 + 3).to(dtype)).requires_grad_()
+    return LAYOUTS[layout]((torch.randn(shape) * 2 + 3).to(device, dtype)).requires_grad_()
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -48,20 +52,21 @@ def test_moments_gradient_passes_gradcheck(layout):
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_scale_shift_gradient_passes_gradcheck(layout):
     x = sample(layout=layout)
-    scale = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
-    shift = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    scale, shift, centre = (torch.randn(3, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
     assert torch.autograd.gradcheck(instance_scale_shift, (x, scale, shift))
+    assert torch.autograd.gradcheck(instance_scale_shift, (x, scale, shift, centre))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("training", [True, False])
-def test_iebn_gradients_equal_the_formulas(layout, training):
+def test_iebn_gradients_equal_the_formulas(layout, training, device):
     """Input and parameter gradients of IEBN2d equal autograd through the paper's equations."""
-    layer = randomised_iebn(4).train(training)
+    layer = randomised_iebn(4).train(training).to(device)
     with torch.no_grad():
         layer.running_mean.normal_()
         layer.running_var.uniform_(0.5, 2)
-    x = sample((3, 4, 5, 6), torch.float32, layout)
+    x = sample((3, 4, 5, 6), torch.float32, layout, device)
     if training:
         var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
     else:
@@ -75,12 +80,14 @@ def test_iebn_gradients_equal_the_formulas(layout, training):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_iebn_gradients_under_bf16_autocast_track_fp32():
-    layer = randomised_iebn(8).train()
-    x = sample((4, 8, 16, 16), torch.float32, "channels_last")
-    upstream = torch.randn(4, 8, 16, 16)
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_iebn_gradients_for_bf16_input_track_fp32(layout, device):
+    layer = randomised_iebn(8).train().to(device)
+    x = sample((4, 8, 16, 16), torch.float32, layout, device)
+    upstream = torch.randn(4, 8, 16, 16, device=device)
     expected = torch.autograd.grad(layer(x), (x, layer.weight, layer.gate_weight), upstream)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(device, dtype=torch.bfloat16):
         y = layer(x.bfloat16())
     got = torch.autograd.grad(y, (x, layer.weight, layer.gate_weight), upstream.bfloat16())
     for g, e in zip(got, expected):
@@ -121,27 +128,32 @@ def test_second_derivatives_are_refused_rather_than_wrong():
         grad.sum().backward()
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-def test_instance_norm_equals_torch_instance_norm(layout):
-    layer = make_norm("in", 4)
+@pytest.mark.parametrize("offset", [0.0, 1000.0])  # also far from zero mean
+def test_instance_norm_equals_torch_instance_norm_in_float64(layout, device, offset):
+    layer = make_norm("in", 4).to(device)
     with torch.no_grad():
         layer.weight.normal_()
         layer.bias.normal_()
-    x = sample((3, 4, 5, 6), torch.float32, layout)
-    expected = F.instance_norm(x, weight=layer.weight, bias=layer.bias, eps=layer.eps)
+    x = (sample((3, 4, 5, 6), torch.float32, layout, device) + offset).detach().requires_grad_()
+    params = (x, layer.weight, layer.bias)
+    exact = [p.detach().double().requires_grad_() for p in params]
+    expected = F.instance_norm(exact[0], weight=exact[1], bias=exact[2], eps=layer.eps)
     y = layer(x)
-    torch.testing.assert_close(y, expected, rtol=1e-4, atol=1e-5)
-    upstream = torch.randn_like(expected)
-    wanted = torch.autograd.grad(expected, (x, layer.weight, layer.bias), upstream)
-    for got, want in zip(torch.autograd.grad(y, (x, layer.weight, layer.bias), upstream), wanted):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(y.double(), expected, rtol=0, atol=1e-4)
+    upstream = torch.randn_like(y)
+    wanted = torch.autograd.grad(expected, exact, upstream.double())
+    for got, want in zip(torch.autograd.grad(y, params, upstream), wanted):
+        torch.testing.assert_close(got.double(), want, rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-def test_squeeze_excite_equals_its_formula(layout):
+def test_squeeze_excite_equals_its_formula(layout, device):
     torch.manual_seed(0)
-    se = SqueezeExcite(16)
-    x = sample((3, 16, 5, 6), torch.float32, layout)
+    se = SqueezeExcite(16).to(device)
+    x = sample((3, 16, 5, 6), torch.float32, layout, device)
     expected = x * torch.sigmoid(se.fc2(F.relu(se.fc1(x.mean(dim=(2, 3))))))[:, :, None, None]
     y = se(x)
     torch.testing.assert_close(y, expected)
@@ -149,3 +161,27 @@ def test_squeeze_excite_equals_its_formula(layout):
     params = (x, se.fc1.weight, se.fc2.bias)
     for got, want in zip(torch.autograd.grad(y, params, upstream), torch.autograd.grad(expected, params, upstream)):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_gradient_in_another_layout_than_the_input_gives_the_same_result():
+    layer = randomised_iebn(4).train()
+    x = sample((3, 4, 5, 6), torch.float32, "channels_last")
+    upstream = torch.randn(3, 4, 5, 6)  # contiguous, unlike x and the output
+    expected = torch.autograd.grad(layer(x), (x, layer.weight), upstream.contiguous(memory_format=torch.channels_last))
+    for got, want in zip(torch.autograd.grad(layer(x), (x, layer.weight), upstream), expected):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 5, 6), (3, 1, 5, 6), (2, 4, 1, 2)])
+def test_instance_norm_small_shapes_equal_torch(shape):
+    layer = make_norm("in", shape[1])
+    x = sample(shape, torch.float32)
+    torch.testing.assert_close(layer(x), F.instance_norm(x, weight=layer.weight, bias=layer.bias))
+
+
+def test_instance_norm_keeps_torchs_checks():
+    layer = make_norm("in", 4)
+    with pytest.raises(ValueError, match="more than 1 spatial element"):
+        layer(torch.randn(2, 4, 1, 1))
+    with pytest.raises(ValueError, match="expected input's size at dim=1 to match num_features"):
+        layer(torch.randn(2, 5, 3, 3))
