@@ -1,9 +1,9 @@
 """Per-instance statistics and scale-shift on torch's native batch-norm kernels.
 
 IEBN needs, for every (instance, channel) pair, the mean and variance of the input and a
-multiply-add ``y = x * scale + shift``; so do instance norm and the SE gate. Written with ``torch.var_mean`` and broadcasting, those
-are generic kernels, and in bf16 they are an order of magnitude slower than BN's own. But a
-batch-norm kernel whose "channels" are the (instance, channel) pairs computes exactly these
+multiply-add ``y = x * scale + shift``; so do instance norm and the SE gate. Written with
+``torch.var_mean`` and broadcasting, those are generic kernels, and in bf16 they are an order of
+magnitude slower than BN's own. But a batch-norm kernel whose "channels" are the (instance, channel) pairs computes exactly these
 per-instance quantities, in fp32 and in one pass:
 
 - ``torch.batch_norm_update_stats`` gives mean and biased variance;
@@ -63,11 +63,11 @@ def _affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, centre: t
     out = torch.empty_like(x)
     parts = _instances(x)
     size = weight.numel() // len(parts)
+    unused = [torch.empty(0, dtype=dtype, device=x.device) for _ in range(2)]  # the kernel's saved statistics
     for i, (part, out_part) in enumerate(zip(parts, _instances(out))):
         own = slice(i * size, (i + 1) * size)
-        stats = (torch.empty(0, dtype=dtype, device=x.device), torch.empty(0, dtype=dtype, device=x.device))
         torch.native_batch_norm(
-            part, weight[own], bias[own], centre[own], ones[own], False, 0.0, 0.0, out=(out_part, *stats)
+            part, weight[own], bias[own], centre[own], ones[own], False, 0.0, 0.0, out=(out_part, *unused)
         )
     return out
 

@@ -145,11 +145,9 @@ class InstanceNorm2d(nn.InstanceNorm2d):
             return super().forward(x)  # torch's own layer, and its checks, for everything unusual
         mean, var = instance_moments(x)
         scale = torch.rsqrt(var + self.eps)
-        shift = torch.zeros_like(scale)
-        if self.affine:
-            scale = scale * self.weight
-            shift = shift + self.bias
-        return instance_scale_shift(x, scale, shift, mean)
+        if not self.affine:
+            return instance_scale_shift(x, scale, torch.zeros_like(scale), mean)
+        return instance_scale_shift(x, scale * self.weight, self.bias.expand_as(scale), mean)
 
 
 class SqueezeExcite(nn.Module):
