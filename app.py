@@ -27,8 +27,9 @@ from styletransfer.compare import find_checkpoints
 from styletransfer.data import IMAGE_SUFFIXES, load_image
 from styletransfer.devices import pick_device
 from styletransfer.errors import StyleTransferError
-from styletransfer.norms import NORM_LABELS, NORM_NAMES
-from styletransfer.plot import NORM_COLOURS, load_run, smooth
+from styletransfer.norms import NORMS, norm_label
+from styletransfer.plot import Run, draw_loss_curves, load_run
+from styletransfer.runs import logs_beside_model, train_hint
 from styletransfer.stylize import Stylizer
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
@@ -61,7 +62,7 @@ class StyleLibrary:
             style = meta.get("style") or path.parent.name
             self.by_style.setdefault(style, {}).setdefault(meta["norm"], (path, meta))
         self.loaded: dict[Path, Stylizer] = {}
-        self.runs: dict[Path, object] = {}
+        self.runs: dict[Path, Run] = {}
         self.model_lock, self.run_lock = threading.Lock(), threading.Lock()
 
     @property
@@ -73,20 +74,19 @@ class StyleLibrary:
         if style not in self.by_style:
             raise StyleTransferError(f"unknown style {style!r}; choose one of: {', '.join(self.styles)}")
         by_norm = self.by_style[style]
-        return [by_norm[norm] for norm in NORM_NAMES if norm in by_norm]
+        return [by_norm[norm] for norm in NORMS if norm in by_norm]
 
     def stylizer(self, path: Path) -> Stylizer:
         with self.model_lock:  # two first requests at once must not load the same model twice
             if path not in self.loaded:
-                self.loaded[path] = Stylizer(path, self.device)
+                self.loaded[path] = Stylizer.from_checkpoint(path, self.device)
             return self.loaded[path]
 
-    def run(self, path: Path):
+    def run(self, path: Path) -> Run:
         """The loss curve of a checkpoint: the full log beside it if readable, else the checkpoint's history."""
         with self.run_lock:
             if path not in self.runs:
-                logs = [path.with_name(f"{path.stem}.losses.jsonl{ext}") for ext in (".gz", "")]
-                self.runs[path] = first_readable_run([log for log in logs if log.is_file()] + [path])
+                self.runs[path] = first_readable_run([*logs_beside_model(path), path])
             return self.runs[path]
 
     def style_image(self, style: str) -> Path | None:
@@ -97,7 +97,7 @@ class StyleLibrary:
         return min(found, default=None)
 
 
-def first_readable_run(sources: list[Path]):
+def first_readable_run(sources: list[Path]) -> Run:
     for source in sources[:-1]:
         try:
             return load_run(source)
@@ -137,7 +137,7 @@ class StyleDemo:
         (PNG path, caption) pair per norm, in the order BN, IN, BN+SE, IEBN.
         """
         if not self.library.styles:
-            raise user_error(f"{self.library.folder} holds no checkpoints; " + TRAIN_HINT.format(folder=self.library.folder))
+            raise user_error(f"{self.library.folder} holds no checkpoints; " + train_hint_line(self.library.folder))
         path = upload_path(content)
         if path is None:
             raise user_error("no content photo: upload one or pick an example first")
@@ -184,27 +184,31 @@ class StyleDemo:
         runs, missing = [], []
         for path, meta in self.library.checkpoints(style):
             try:
-                runs.append((meta["norm"], self.library.run(path)))
+                run = self.library.run(path)
+                runs.append(Run(norm_label(meta["norm"]), meta["norm"], style, run.curve))
             except StyleTransferError:
-                missing.append(NORM_LABELS[meta["norm"]])
+                missing.append(norm_label(meta["norm"]))
         return curves_figure(runs, f"training loss · {pretty(style)}", missing)
 
     def no_checkpoints_text(self) -> str:
         folder = self.library.folder.as_posix()
-        return NO_CHECKPOINTS.format(folder=folder)
+        commands = "\n".join(f"    {command}" for command in train_hint(folder))
+        return NO_CHECKPOINTS.format(folder=folder, commands=commands)
 
-
-TRAIN_HINT = "train one with `styletransfer train --style STYLE.jpg --content-dir PHOTOS/ --norm iebn --out runs/NAME`, then `styletransfer export runs/NAME/checkpoint.safetensors {folder}/NAME/iebn.safetensors`"
 
 NO_CHECKPOINTS = """## No checkpoints yet
 `{folder}` holds no checkpoints (`{folder}/<style>/<norm>.safetensors`). Train a style on a folder of
 photos and export the result, then start the demo again:
 
-    styletransfer train --style STYLE.jpg --content-dir PHOTOS/ --norm iebn --out runs/NAME
-    styletransfer export runs/NAME/checkpoint.safetensors {folder}/NAME/iebn.safetensors
+{commands}
 
 Train `--norm bn`, `in` and `se` the same way (each into its own run folder) to compare the four;
 `scripts/train_style.sh` does all four with identical settings."""
+
+
+def train_hint_line(folder: Path) -> str:
+    train, export = (f"`{command}`" for command in train_hint(folder))
+    return f"train one with {train}, then {export}"
 
 
 def upload_path(content: str | dict | None) -> Path | None:
@@ -245,7 +249,7 @@ def pretty(style: str) -> str:
 
 def result_caption(meta: dict, seconds: float) -> str:
     losses = meta.get("losses") or {}
-    parts = [NORM_LABELS[meta["norm"]]]
+    parts = [norm_label(meta["norm"])]
     if "style" in losses and "content" in losses:
         parts.append(f"style {losses['style']:.3g} · content {losses['content']:.3g}")
     parts.append(f"{seconds:.2f} s")
@@ -256,31 +260,15 @@ def trained_models(metas: list[dict]) -> str:
     """E.g. "BN, IN, BN+SE, IEBN (2,000 iterations each)"."""
     steps = {m.get("step") for m in metas}
     if len(steps) == 1 and None not in steps:
-        return f"{', '.join(NORM_LABELS[m['norm']] for m in metas)} ({steps.pop():,} iterations each)"
-    return ", ".join(f"{NORM_LABELS[m['norm']]} ({m['step']:,} iterations)" if m.get("step") else NORM_LABELS[m["norm"]] for m in metas)
+        return f"{', '.join(norm_label(m['norm']) for m in metas)} ({steps.pop():,} iterations each)"
+    return ", ".join(f"{norm_label(m['norm'])} ({m['step']:,} iterations)" if m.get("step") else norm_label(m["norm"]) for m in metas)
 
 
-def curves_figure(runs: list[tuple[str, object]], title: str, missing: list[str]):
+def curves_figure(runs: list[Run], title: str, missing: list[str]):
     from matplotlib.figure import Figure  # no pyplot: its global state is not thread-safe
 
     fig = Figure(figsize=(12, 3.9))
-    axes = fig.subplots(1, len(CURVE_TERMS), sharex=True)
-    for norm, run in runs:
-        for ax, term in zip(axes, CURVE_TERMS):
-            steps, values = run.curve["step"], run.curve.get(term)
-            if not values:
-                continue
-            if len(values) > 20:  # raw values faintly, a smoothed line on top
-                ax.plot(steps, values, color=NORM_COLOURS[norm], alpha=0.15, linewidth=0.8)
-                values = smooth(values, 0.9)
-            ax.plot(steps, values, color=NORM_COLOURS[norm], label=NORM_LABELS[norm])
-    for ax, term in zip(axes, CURVE_TERMS):
-        ax.set_title(f"{term} loss")
-        ax.set_yscale("log")
-        ax.set_xlabel("iteration")
-        ax.grid(True, which="both", alpha=0.3)
-    if runs:
-        axes[0].legend()
+    draw_loss_curves(list(fig.subplots(1, len(CURVE_TERMS), sharex=True)), runs, CURVE_TERMS)
     fig.suptitle(title + (f" (no loss record for {', '.join(missing)})" if missing else "") + " · log scale")
     fig.tight_layout()
     return fig

@@ -27,12 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from styletransfer.devices import autocast, resolve_precision  # noqa: E402
-from styletransfer.loss import PerceptualLoss, gram_matrix, load_vgg_features, relative_mse, total_variation  # noqa: E402
-from styletransfer.network import TransformerNet  # noqa: E402
-from styletransfer.norms import IEBN2d  # noqa: E402
+from styletransfer.devices import autocast, resolve_precision
+from styletransfer.loss import PerceptualLoss, gram_matrix, load_vgg_features, relative_mse, total_variation
+from styletransfer.network import TransformerNet
+from styletransfer.norms import IEBN2d
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,7 +114,7 @@ def stylize_step(norm, size, batch, device, fast, checkpoint=None):
     if checkpoint:
         stylizer = Stylizer(checkpoint, str(device), precision)
     else:  # random weights: fine for speed; the report says which were used
-        stylizer = Stylizer.from_model(TransformerNet(norm), {"norm": norm}, str(device), precision)
+        stylizer = Stylizer(TransformerNet(norm), {"norm": norm}, str(device), precision)
     if not fast:
         stylizer.model.to(memory_format=torch.contiguous_format)
     x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(1))

@@ -8,21 +8,20 @@ difference to BN over the same steps (every norm saw the same batches) +- one st
 
 from __future__ import annotations
 
-import gzip
-import json
 import math
 import sys
 from pathlib import Path
 
+from styletransfer.norms import NORMS
+from styletransfer.runs import LOSS_TERMS, exported_log_path, read_log
+
 ROOT = Path(__file__).resolve().parents[1]
-NORMS = {"bn": "BN", "in": "IN", "se": "BN+SE", "iebn": "IEBN"}
-TERMS = ("content", "style", "tv", "total")
 DECIMALS = {"content": 3, "style": 4, "tv": 3, "total": 3}
 
 
-def read_log(path: Path) -> dict[int, dict]:
-    with gzip.open(path, "rt") as f:
-        return {row["step"]: row for row in map(json.loads, f)}
+def steps_of(model: Path) -> dict[int, dict]:
+    """The rows of the loss log shipped beside ``model``, by step."""
+    return {row["step"]: row for row in read_log(exported_log_path(model))}
 
 
 def mean_and_error(values: list[float]) -> tuple[float, float]:
@@ -32,7 +31,7 @@ def mean_and_error(values: list[float]) -> tuple[float, float]:
 
 
 def table(style: str) -> str:
-    logs = {norm: read_log(ROOT / "checkpoints" / style / f"{norm}.losses.jsonl.gz") for norm in NORMS}
+    logs = {norm: steps_of(ROOT / "checkpoints" / style / f"{norm}.safetensors") for norm in NORMS}
     last = min(max(log) for log in logs.values())
     steps = [s for s in range(last - last // 10 + 1, last + 1) if all(s in log for log in logs.values())]
     lines = [
@@ -41,8 +40,8 @@ def table(style: str) -> str:
         "| norm | content | style | tv | total | content − BN | style − BN | total − BN |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for norm, label in NORMS.items():
-        cells = [f"{mean_and_error([logs[norm][s][t] for s in steps])[0]:.{DECIMALS[t]}f}" for t in TERMS]
+    for norm, spec in NORMS.items():
+        cells = [f"{mean_and_error([logs[norm][s][t] for s in steps])[0]:.{DECIMALS[t]}f}" for t in LOSS_TERMS]
         for term in ("content", "style", "total"):
             if norm == "bn":
                 cells.append("")
@@ -50,7 +49,7 @@ def table(style: str) -> str:
             diff, error = mean_and_error([logs[norm][s][term] - logs["bn"][s][term] for s in steps])
             d = DECIMALS[term]
             cells.append(f"{diff:+.{d}f} ± {error:.{d}f}".replace("-", "−"))
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append(f"| {spec.label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

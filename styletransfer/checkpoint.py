@@ -19,9 +19,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
-from .errors import StyleTransferError
+from .errors import StyleTransferError, cannot_write, one_line
 from .network import TransformerNet
-from .norms import NORM_NAMES
+from .norms import NORMS, norm_label
+
+__all__ = ["Checkpoint", "atomic_write", "load_checkpoint", "model_label", "read_metadata", "save_checkpoint"]
 
 FORMAT = "styletransfer-checkpoint"
 FORMAT_VERSION = 1
@@ -30,6 +32,9 @@ META_KEY = "styletransfer"
 
 @dataclass
 class Checkpoint:
+    """A checkpoint read from disk: its metadata, the network's tensors and, for resuming,
+    the optimiser's state."""
+
     meta: dict
     model_state: dict[str, torch.Tensor]
     optimizer_state: dict | None = field(default=None, repr=False)
@@ -49,13 +54,16 @@ class Checkpoint:
         except RuntimeError as e:
             where = f"{self.path}: " if self.path else ""
             raise StyleTransferError(
-                f"{where}checkpoint tensors do not fit a {self.meta['norm']} network: {short(e)}"
+                f"{where}checkpoint tensors do not fit a {self.meta['norm']} network: {one_line(e)}"
             ) from None
 
 
-def short(e: Exception, limit: int = 200) -> str:
-    text = " ".join(str(e).split())
-    return text if len(text) <= limit else text[:limit] + "..."
+def model_label(meta: dict) -> str | None:
+    """How a model is named in grids, legends and tables: "IEBN · starry night" (None without a norm)."""
+    norm, style = meta.get("norm"), meta.get("style")
+    if not norm:
+        return None
+    return f"{norm_label(norm)} · {str(style).replace('_', ' ')}" if style else norm_label(norm)
 
 
 def save_checkpoint(
@@ -65,7 +73,11 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     dtype: torch.dtype | None = None,
 ) -> Path:
-    """Write ``model`` (cast to ``dtype`` if given), ``meta`` and optionally ``optimizer`` atomically."""
+    """Write ``model`` (floating tensors cast to ``dtype`` if given), ``meta`` (JSON-able) and
+    optionally ``optimizer`` atomically to ``path``; returns ``path``.
+
+    Raises StyleTransferError when the file cannot be written (the previous one is kept).
+    """
     path = Path(path)
     tensors = {}
     for k, v in model.state_dict().items():
@@ -73,7 +85,7 @@ def save_checkpoint(
         tensors[f"model.{k}"] = v.to(dtype) if dtype is not None and v.is_floating_point() else v
     meta = {"format": FORMAT, "version": FORMAT_VERSION, **meta}
     if optimizer is not None:
-        opt_tensors, opt_meta = flatten_optimizer(optimizer.state_dict())
+        opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
         tensors.update(opt_tensors)
         meta["optimizer"] = opt_meta
     data = safetensors_bytes({k: v.contiguous() for k, v in tensors.items()}, metadata={META_KEY: json.dumps(meta)})
@@ -91,12 +103,11 @@ def atomic_write(path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:
-        raise StyleTransferError(f"{path}: cannot write ({e.strerror or e})") from None
+        raise cannot_write(path, e) from None
     try:
-        write_and_rename(fd, tmp, path, data)
+        _write_and_rename(fd, tmp, path, data)
     except OSError as e:
-        kept = "; the previous version is kept" if path.exists() else ""
-        raise StyleTransferError(f"{path}: cannot write ({e.strerror or e}){kept}") from None
+        raise cannot_write(path, e, "; the previous version is kept" if path.exists() else "") from None
     try:  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -107,10 +118,10 @@ def atomic_write(path: Path, data: bytes) -> None:
         pass
 
 
-def write_and_rename(fd: int, tmp: str, path: Path, data: bytes) -> None:
+def _write_and_rename(fd: int, tmp: str, path: Path, data: bytes) -> None:
     """Fill the temporary file and rename it; on any failure, even Ctrl-C, remove it."""
     try:
-        os.chmod(tmp, 0o666 & ~current_umask())
+        os.chmod(tmp, 0o666 & ~_current_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -121,13 +132,13 @@ def write_and_rename(fd: int, tmp: str, path: Path, data: bytes) -> None:
         raise
 
 
-def current_umask() -> int:
+def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
-def flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
     """An optimiser state dict as flat tensors plus JSON-able metadata."""
     tensors, scalars = {}, {}
     for pid, entries in state["state"].items():
@@ -139,7 +150,7 @@ def flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     state: dict[int, dict] = {}
     for key, value in tensors.items():
         _, pid, name = key.split(".", 2)
@@ -151,33 +162,33 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 
 
 def read_metadata(path: str | Path) -> dict:
-    """The checkpoint's metadata, without reading its tensors."""
+    """The checkpoint's metadata, without reading its tensors; StyleTransferError if not a checkpoint."""
     path = Path(path)
-    with open_safetensors(path) as f:
-        return parse_metadata(path, f.metadata())
+    with _open_safetensors(path) as f:
+        return _parse_metadata(path, f.metadata())
 
 
 def load_checkpoint(path: str | Path, with_optimizer: bool = False) -> Checkpoint:
     """Read a checkpoint; any file that is not one gives a one-line StyleTransferError."""
     path = Path(path)
-    with open_safetensors(path) as f:
-        meta = parse_metadata(path, f.metadata())
+    with _open_safetensors(path) as f:
+        meta = _parse_metadata(path, f.metadata())
         try:
             keys = list(f.keys())
             model_state = {k[len("model."):]: f.get_tensor(k) for k in keys if k.startswith("model.")}
             optim = {k: f.get_tensor(k) for k in keys if k.startswith("optim.")} if with_optimizer else {}
         except (SafetensorError, OSError, ValueError) as e:
-            raise StyleTransferError(f"{path}: damaged checkpoint ({short(e)})") from None
+            raise StyleTransferError(f"{path}: damaged checkpoint ({one_line(e)})") from None
     optimizer_state = None
     if with_optimizer and "optimizer" in meta:
         try:
-            optimizer_state = unflatten_optimizer(optim, meta["optimizer"])
+            optimizer_state = _unflatten_optimizer(optim, meta["optimizer"])
         except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise StyleTransferError(f"{path}: damaged optimiser state ({short(e)})") from None
+            raise StyleTransferError(f"{path}: damaged optimiser state ({one_line(e)})") from None
     return Checkpoint(meta=meta, model_state=model_state, optimizer_state=optimizer_state, path=path)
 
 
-class open_safetensors:
+class _open_safetensors:
     """``safe_open`` that turns every failure into a one-line error naming the file."""
 
     def __init__(self, path: Path) -> None:
@@ -201,7 +212,7 @@ class open_safetensors:
         self.handle.__exit__(*exc)
 
 
-def parse_metadata(path: Path, raw: dict | None) -> dict:
+def _parse_metadata(path: Path, raw: dict | None) -> dict:
     try:
         meta = json.loads((raw or {})[META_KEY])
     except (KeyError, json.JSONDecodeError, TypeError):
@@ -210,6 +221,6 @@ def parse_metadata(path: Path, raw: dict | None) -> dict:
         raise StyleTransferError(f"{path}: not a styletransfer checkpoint (format {meta.get('format')!r})")
     if meta.get("version", 0) > FORMAT_VERSION:
         raise StyleTransferError(f"{path}: checkpoint format {meta['version']} is newer than this styletransfer")
-    if meta.get("norm") not in NORM_NAMES:
+    if meta.get("norm") not in NORMS:
         raise StyleTransferError(f"{path}: checkpoint names an unknown norm {meta.get('norm')!r}")
     return meta

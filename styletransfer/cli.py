@@ -1,10 +1,17 @@
-"""The ``styletransfer`` command: train, stylize, compare, plot, list, export."""
+"""The ``styletransfer`` command: train, stylize, compare, plot, list, export.
+
+The ``train`` options are derived from :class:`styletransfer.config.TrainConfig`'s fields
+(names, help text, defaults); the other commands import their modules only when they run.
+"""
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
+import typing
 import warnings
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -12,7 +19,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .config import TrainConfig
 from .errors import StyleTransferError, TrainingDiverged, TrainingInterrupted
+
+__all__ = ["app", "main"]
 
 app = typer.Typer(
     help="Real-time neural style transfer, and a side-by-side comparison of BN, IN, BN+SE and IEBN.",
@@ -26,15 +36,15 @@ DEFAULT_CHECKPOINTS = Path("checkpoints")
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: every StyleTransferError becomes one line on stderr and exit code 1."""
-    previous_format, warnings.formatwarning = warnings.formatwarning, one_line_warning
+    previous_format, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     try:
         app(args=argv, prog_name="styletransfer")
     except TrainingInterrupted as e:
-        if process_rank() == 0:  # all processes stop together; the main one reports
+        if _process_rank() == 0:  # all processes stop together; the main one reports
             err.print(f"[yellow]stopped:[/yellow] {e}", highlight=False, soft_wrap=True)
         sys.exit(130)
     except StyleTransferError as e:
-        rank = process_rank()
+        rank = _process_rank()
         if rank == 0 or not isinstance(e, TrainingDiverged):
             where = f"rank {rank}: " if rank else ""
             err.print(f"[red]error:[/red] {where}{e}", highlight=False, soft_wrap=True)
@@ -46,73 +56,44 @@ def main(argv: list[str] | None = None) -> None:
         warnings.formatwarning = previous_format
 
 
-def one_line_warning(message, category, filename, lineno, line=None) -> str:
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     """Warnings (such as a skipped training photo) as one line, without the source line."""
     return f"warning: {' '.join(str(message).split())}\n"
 
 
-def process_rank() -> int:
+def _process_rank() -> int:
     """This process's rank under torchrun, 0 otherwise: rank 0 reports what all processes share."""
     rank = os.environ.get("RANK", "0")
     return int(rank) if rank.isdigit() else 0
 
 
-@app.command()
-def train(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoint.safetensors and losses.jsonl go here.")],
-    style: Annotated[Optional[Path], typer.Option(help="Style image (a painting).")] = None,
-    content_dir: Annotated[
-        Optional[Path], typer.Option(help="Folder of training photos, searched recursively.")
-    ] = None,
-    norm: Annotated[Optional[str], typer.Option(help="Normalisation: bn, in, se (BN+SE) or iebn.")] = None,
-    iterations: Annotated[Optional[int], typer.Option(help="Total training steps. \\[default: 2000]")] = None,
-    image_size: Annotated[Optional[int], typer.Option(help="Side of the square training crops. \\[default: 256]")] = None,
-    style_size: Annotated[
-        Optional[int], typer.Option(help="Long side the style image is scaled to. \\[default: 512]")
-    ] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Images per step. \\[default: 4]")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate. \\[default: 1e-3]")] = None,
-    content_weight: Annotated[Optional[float], typer.Option(help="Weight of the content loss. \\[default: 1]")] = None,
-    style_weight: Annotated[Optional[float], typer.Option(help="Weight of the style loss. \\[default: 10]")] = None,
-    tv_weight: Annotated[
-        Optional[float], typer.Option(help="Weight of the total-variation loss. \\[default: 1]")
-    ] = None,
-    vgg: Annotated[Optional[str], typer.Option(help="Loss network: vgg16 (Johnson) or vgg19. \\[default: vgg16]")] = None,
-    vgg_weights: Annotated[
-        Optional[str],
-        typer.Option(
-            envvar="STYLETRANSFER_VGG_WEIGHTS",
-            help="Local VGG weights file (torchvision state dict, full or features.* only), for offline use. "
-            "Without it torchvision's ImageNet weights are downloaded once.",
-        ),
-    ] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed for initialisation and batch order. \\[default: 0]")] = None,
-    checkpoint_every: Annotated[Optional[int], typer.Option(help="Save every N steps. \\[default: 500]")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto (CUDA if available), cpu, cuda or cuda:N.")] = None,
-    precision: Annotated[
-        Optional[str],
-        typer.Option(help="auto (bf16 where the hardware is fast at it), fp32, bf16, or fp16 (CUDA). \\[default: auto]"),
-    ] = None,
-    channels_last: Annotated[
-        Optional[bool], typer.Option("--channels-last/--no-channels-last", help="NHWC memory layout. \\[default: on]")
-    ] = None,
-    workers: Annotated[
-        Optional[int], typer.Option(help="Data loading processes. \\[default: 0 on CPU, 4 on CUDA]")
-    ] = None,
-    style_name: Annotated[Optional[str], typer.Option(help="Name stored in the checkpoint. \\[default: file name]")] = None,
-    style_credit: Annotated[
-        Optional[str], typer.Option(help='Credit stored in the checkpoint, e.g. "Vincent van Gogh, The Starry Night, 1889".')
-    ] = None,
-    sync_bn: Annotated[
-        Optional[bool],
-        typer.Option(
-            "--sync-bn/--no-sync-bn",
-            help="Under torchrun: take BN, BN+SE and IEBN batch statistics over the global batch of all "
-            "processes, as on one GPU. \\[default: on]",
-        ),
-    ] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
-) -> None:
+def _option_type(f) -> type:
+    """The command-line type of config field ``f``: its type without None; paths as Path."""
+    if f.metadata.get("path"):
+        return Path
+    hint = typing.get_type_hints(TrainConfig)[f.name]
+    return next((t for t in typing.get_args(hint) if t is not type(None)), hint)
+
+
+def _option_help(f) -> str:
+    default = f.metadata.get("default_text")
+    if default is None and f.default is not MISSING:
+        default = ("on" if f.default else "off") if isinstance(f.default, bool) else f.default
+    return f.metadata["help"] + (f" \\[default: {default}]" if default is not None else "")
+
+
+def _config_option(f) -> inspect.Parameter:
+    """A ``train`` option for config field ``f``: None (not given) unless the user gives it; the
+    run folder, which even a resumed run needs, is required."""
+    option = typer.Option(*f.metadata.get("flags", ()), help=_option_help(f), envvar=f.metadata.get("envvar"),
+                          show_default=False)  # fmt: skip
+    if f.name == "out":
+        return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[Path, option])
+    annotation = Annotated[Optional[_option_type(f)], option]
+    return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
+
+
+def train(resume: bool = False, **given) -> None:
     """Train a transformation network for one style with one normalisation.
 
     Example: styletransfer train --style starry.jpg --content-dir photos/ --norm iebn --out runs/starry-iebn
@@ -120,25 +101,26 @@ def train(
     On several GPUs or machines, start it with torchrun (--batch-size is then per process):
     torchrun --nproc_per_node=4 -m styletransfer train ...
     """
-    given = {k: v for k, v in locals().items() if v is not None and k != "resume"}
-    from .train import TrainConfig, config_for_resume
-    from .train import train as run_training
+    from .train import train_run
 
-    # Absolute paths, so a run can be resumed from any working directory.
-    given = {k: str(v.resolve()) if isinstance(v, Path) and k != "out" else v for k, v in given.items()}
-    if "out" in given:
-        given["out"] = str(out)
-    run_dir = Path(out)
-    if resume and (run_dir / "checkpoint.safetensors").exists():
-        cfg = config_for_resume(run_dir, given)
-    else:
-        missing = [f"--{n.replace('_', '-')}" for n in ("style", "content_dir") if n not in given]
-        if missing:
-            raise StyleTransferError(f"train needs {' and '.join(missing)}")
-        cfg = TrainConfig(**given)
-    ckpt = run_training(cfg, resume=resume, console=err)
-    if process_rank() == 0:
+    options = {name: value for name, value in given.items() if value is not None}
+    for f in fields(TrainConfig):  # absolute paths, so a run can be resumed from any working folder
+        if f.metadata.get("path") and f.name in options:
+            options[f.name] = str(options[f.name].resolve())
+    options["out"] = str(options["out"])
+    ckpt = train_run(options, resume=resume, console=err)
+    if _process_rank() == 0:
         err.print(f"done: {ckpt}")
+
+
+_RESUME = inspect.Parameter(
+    "resume", inspect.Parameter.KEYWORD_ONLY, default=False,
+    annotation=Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")],
+)  # fmt: skip
+train.__signature__ = inspect.Signature(
+    [_config_option(f) for f in fields(TrainConfig) if f.metadata.get("cli", True)] + [_RESUME]
+)
+app.command()(train)
 
 
 @app.command()
@@ -156,22 +138,25 @@ def stylize(
     precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16 (CUDA).")] = "auto",
 ) -> None:
     """Stylise images with a trained checkpoint, keeping each image's size and aspect ratio."""
-    from rich.progress import track
-
     from .stylize import Stylizer, stylize_files
 
     if max_size < 0:
         raise StyleTransferError("--max-size must be 0 (no limit) or positive")
-    stylizer = Stylizer(model, device, precision)
-    written = []
-    errors = stylize_files(stylizer, inputs, output, max_size or None, on_done=lambda src, dst: written.append(dst))
-    for line in errors:
-        err.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
-    ok = [p for p in written if p.exists()]
-    where = f" to {output}" if len(written) > 1 else f": {ok[0]}" if ok else ""
-    err.print(f"wrote {len(written) - len(errors)} image(s){where}", soft_wrap=True, highlight=False)
-    if errors:
+    stylizer = Stylizer.from_checkpoint(model, device, precision)
+    results = stylize_files(stylizer, inputs, output, max_size or None)
+    _report(results, output)
+    if not all(r.ok for r in results):
         raise typer.Exit(1)
+
+
+def _report(results: list, output: Path) -> None:
+    """One error line per failed file, then how many images were written, and where."""
+    for r in results:
+        if not r.ok:
+            err.print(f"[red]error:[/red] {r.error}", highlight=False, soft_wrap=True)
+    written = [r.output for r in results if r.ok]
+    where = f" to {output}" if len(results) > 1 else f": {written[0]}" if written else ""
+    err.print(f"wrote {len(written)} image(s){where}", soft_wrap=True, highlight=False)
 
 
 @app.command()
@@ -195,7 +180,7 @@ def compare(
     output_format(output)
     if size < 16:
         raise StyleTransferError("--size must be at least 16")
-    stylizers = [Stylizer(p, device) for p in resolve_models(models, checkpoints)]
+    stylizers = [Stylizer.from_checkpoint(p, device) for p in resolve_models(models, checkpoints)]
     images = [load_image(p, max_size=4 * size) for p in contents]
     save_image(make_grid(images, stylizers, size), output)
     err.print(f"wrote {output} ({len(images)} x {len(stylizers)} stylisations)")
@@ -225,12 +210,12 @@ def list_checkpoints(
 ) -> None:
     """Show the checkpoints in a folder: style, norm, iterations, training size, final losses."""
     from .compare import find_checkpoints
-    from .norms import NORM_LABELS
+    from .norms import norm_label
+    from .runs import train_hint
 
     found = find_checkpoints(folder)
     if not found:
-        hint = "train one with: styletransfer train --style STYLE.jpg --content-dir PHOTOS --out runs/NAME"
-        err.print(f"no checkpoints in {folder}; {hint}", soft_wrap=True, highlight=False)
+        err.print(f"no checkpoints in {folder}; train one with: {train_hint(folder)[0]}", soft_wrap=True, highlight=False)
         raise typer.Exit(1)
     table = Table(title=f"checkpoints in {folder}")
     for col in ("file", "style", "norm", "iterations", "image size", "content", "style loss", "VGG"):
@@ -240,7 +225,7 @@ def list_checkpoints(
         table.add_row(
             str(path.relative_to(folder)),
             meta.get("style", "?"),
-            NORM_LABELS[meta["norm"]],
+            norm_label(meta["norm"]),
             str(meta.get("step", "?")),
             str(meta.get("image_size", "?")),
             f"{losses['content']:.3f}" if "content" in losses else "-",
@@ -263,6 +248,7 @@ def export(
     import torch
 
     from .checkpoint import load_checkpoint, save_checkpoint
+    from .runs import export_log
 
     if output.suffix != ".safetensors":
         raise StyleTransferError(f"{output}: the exported file must end in .safetensors")
@@ -270,12 +256,6 @@ def export(
     meta = {k: v for k, v in ckpt.meta.items() if k not in ("format", "version", "optimizer")}
     save_checkpoint(output, ckpt.build_model(), meta, dtype=torch.float16 if half else None)
     err.print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB)")
-    log = checkpoint.parent / "losses.jsonl"
-    if log.exists():  # keep the full curve beside the model, compressed
-        import gzip
-
-        from .checkpoint import atomic_write
-
-        log_out = output.with_name(output.stem + ".losses.jsonl.gz")
-        atomic_write(log_out, gzip.compress(log.read_bytes(), mtime=0))
+    log_out = export_log(checkpoint, output)  # the full curve beside the model, compressed
+    if log_out:
         err.print(f"wrote {log_out}")

@@ -8,8 +8,10 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .checkpoint import read_metadata
 from .errors import StyleTransferError
-from .norms import NORM_NAMES
+from .norms import NORMS
 from .stylize import Stylizer
+
+__all__ = ["compare", "comparison_grid", "find_checkpoints", "resolve_models"]
 
 CAPTION_HEIGHT = 36
 GAP = 6
@@ -18,7 +20,8 @@ TEXT = (20, 20, 20)
 
 
 def find_checkpoints(folder: str | Path = "checkpoints") -> list[tuple[Path, dict]]:
-    """Every readable checkpoint under ``folder`` with its metadata, ordered by style then norm."""
+    """Every readable checkpoint under ``folder`` (searched recursively) with its metadata,
+    ordered by style, then norm in the order of the norm table; unreadable files are left out."""
     folder = Path(folder)
     found = []
     for path in sorted(folder.rglob("*.safetensors")) if folder.is_dir() else []:
@@ -26,12 +29,15 @@ def find_checkpoints(folder: str | Path = "checkpoints") -> list[tuple[Path, dic
             found.append((path, read_metadata(path)))
         except StyleTransferError:
             continue
-    order = {n: i for i, n in enumerate(NORM_NAMES)}
+    order = {n: i for i, n in enumerate(NORMS)}
     return sorted(found, key=lambda pm: (pm[1].get("style", ""), order[pm[1]["norm"]], str(pm[0])))
 
 
 def resolve_models(names: list[str], folder: str | Path = "checkpoints") -> list[Path]:
-    """Checkpoint files as given, or a style name standing for all its checkpoints in ``folder``."""
+    """Checkpoint files as given, or a style name standing for all its checkpoints in ``folder``.
+
+    Raises StyleTransferError for a name that is neither (listing the styles there are).
+    """
     paths = []
     for name in names:
         p = Path(name)
@@ -47,22 +53,22 @@ def resolve_models(names: list[str], folder: str | Path = "checkpoints") -> list
     return paths
 
 
-def caption_font(size: int = 18) -> ImageFont.ImageFont:
+def _caption_font(size: int = 18) -> ImageFont.ImageFont:
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow without a scalable default font
         return ImageFont.load_default()
 
 
-def comparison_grid(rows: list[list[Image.Image]], captions: list[str], cell: int) -> Image.Image:
-    """Lay out rows of equally sized images under one row of column captions."""
+def comparison_grid(rows: list[list[Image.Image]], captions: list[str]) -> Image.Image:
+    """Lay out rows of equally sized images under one row of column captions (one per column)."""
     cols = len(captions)
     w, h = rows[0][0].size
     width = cols * w + (cols + 1) * GAP
     height = CAPTION_HEIGHT + len(rows) * (h + GAP) + GAP
     grid = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(grid)
-    font = caption_font(max(12, min(22, w // 14)))
+    font = _caption_font(max(12, min(22, w // 14)))
     for c, text in enumerate(captions):
         x = GAP + c * (w + GAP) + w // 2
         draw.text((x, CAPTION_HEIGHT // 2 + 2), text, fill=TEXT, font=font, anchor="mm")
@@ -73,15 +79,18 @@ def comparison_grid(rows: list[list[Image.Image]], captions: list[str], cell: in
 
 
 def compare(contents: list[Image.Image], stylizers: list[Stylizer], cell: int = 384) -> Image.Image:
-    """A grid with one row per content image: the content, then each model's stylisation."""
+    """A grid with one row per content image: the content, then each model's stylisation.
+
+    Each cell is the image centre-cropped to a square of ``cell`` pixels.
+    """
     rows = []
     for content in contents:
-        content = fit(content, cell)
+        content = _fit(content, cell)
         rows.append([content] + [s.stylize(content) for s in stylizers])
-    return comparison_grid(rows, ["content"] + [s.label for s in stylizers], cell)
+    return comparison_grid(rows, ["content"] + [s.label for s in stylizers])
 
 
-def fit(img: Image.Image, cell: int) -> Image.Image:
+def _fit(img: Image.Image, cell: int) -> Image.Image:
     """Centre-crop to a square and scale to ``cell`` so every row lines up."""
     side = min(img.size)
     left, top = (img.width - side) // 2, (img.height - side) // 2

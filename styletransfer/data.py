@@ -16,7 +16,12 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
-from .errors import StyleTransferError
+from .errors import StyleTransferError, one_line
+
+__all__ = [
+    "IMAGE_SUFFIXES", "MAX_PIXELS", "ContentImages", "StepBatches", "find_images", "image_to_tensor", "load_image",
+    "tensor_to_image",
+]  # fmt: skip
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 # Pillow's own default (about 89 megapixels); past it a file is refused, not decoded.
@@ -24,14 +29,18 @@ MAX_PIXELS = Image.MAX_IMAGE_PIXELS
 
 
 def load_image(path: str | Path, max_size: int | None = None) -> Image.Image:
-    """Open ``path`` as an RGB image, upright, with its long side at most ``max_size``."""
+    """Open ``path`` as an RGB image, upright (EXIF), with its long side at most ``max_size`` pixels.
+
+    Raises StyleTransferError (one line naming the file) for a missing, unreadable, damaged
+    or over-large (over :data:`MAX_PIXELS`) image.
+    """
     path = Path(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's notes on odd files: the image decodes or fails
             with Image.open(path) as img:
-                refuse_too_many_pixels(img)
-                return to_rgb(img, max_size)
+                _refuse_too_many_pixels(img)
+                return _to_rgb(img, max_size)
     except FileNotFoundError:
         raise StyleTransferError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -41,10 +50,10 @@ def load_image(path: str | Path, max_size: int | None = None) -> Image.Image:
     except Image.UnidentifiedImageError:
         raise StyleTransferError(f"{path}: not an image file (or a format Pillow cannot read)") from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:
-        raise StyleTransferError(f"{path}: cannot read image ({first_line(e)})") from None
+        raise StyleTransferError(f"{path}: cannot read image ({one_line(e)})") from None
 
 
-def refuse_too_many_pixels(img: Image.Image) -> None:
+def _refuse_too_many_pixels(img: Image.Image) -> None:
     """Refuse a decompression bomb from its header, before decoding.
 
     Checked here rather than by turning Pillow's warning into an error: warning filters are
@@ -54,7 +63,7 @@ def refuse_too_many_pixels(img: Image.Image) -> None:
         raise Image.DecompressionBombError(f"{img.width}x{img.height} pixels")
 
 
-def to_rgb(img: Image.Image, max_size: int | None = None) -> Image.Image:
+def _to_rgb(img: Image.Image, max_size: int | None = None) -> Image.Image:
     """Convert an open Pillow image to an upright RGB image bounded by ``max_size``."""
     if max_size:
         # JPEG can decode at 1/2, 1/4, 1/8 scale directly: much faster for big photos.
@@ -63,7 +72,7 @@ def to_rgb(img: Image.Image, max_size: int | None = None) -> Image.Image:
     img.load()
     img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        img = high_bit_depth_to_rgb(img)
+        img = _high_bit_depth_to_rgb(img)
     elif img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -75,7 +84,7 @@ def to_rgb(img: Image.Image, max_size: int | None = None) -> Image.Image:
     return img
 
 
-def high_bit_depth_to_rgb(img: Image.Image) -> Image.Image:
+def _high_bit_depth_to_rgb(img: Image.Image) -> Image.Image:
     """16-bit or float grey to 8-bit RGB, scaling instead of clipping at 255."""
     a = np.asarray(img, dtype=np.float64)
     if img.mode == "F":
@@ -86,32 +95,27 @@ def high_bit_depth_to_rgb(img: Image.Image) -> Image.Image:
     return Image.fromarray(a8, "L").convert("RGB")
 
 
-def first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]
-
-
 def image_to_tensor(img: Image.Image) -> torch.Tensor:
-    """RGB image to a float tensor of shape (3, H, W) in [0, 1]."""
+    """RGB image of W x H pixels to a float32 tensor of shape (3, H, W) in [0, 1]."""
     a = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())
     return a.permute(2, 0, 1).float().div_(255)
 
 
 def tensor_to_image(t: torch.Tensor) -> Image.Image:
-    """A (3, H, W) tensor in [0, 1] to an RGB image."""
+    """A (3, H, W) tensor in [0, 1] (values outside are clipped) to an RGB image of W x H pixels."""
     a = t.detach().float().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(a, "RGB")
 
 
 def find_images(folder: str | Path) -> list[Path]:
-    """All files with an image suffix under ``folder``, recursively, in a stable order."""
+    """All files with an image suffix under ``folder``, recursively, sorted; StyleTransferError if not a folder."""
     folder = Path(folder)
     if not folder.is_dir():
         raise StyleTransferError(f"{folder}: not a folder")
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def random_crop(img: Image.Image, size: int, rng: random.Random) -> Image.Image:
+def _random_crop(img: Image.Image, size: int, rng: random.Random) -> Image.Image:
     """Scale the short side to ``size``, then take a random ``size`` x ``size`` crop, maybe mirrored."""
     w, h = img.size
     scale = size / min(w, h)
@@ -127,14 +131,16 @@ def random_crop(img: Image.Image, size: int, rng: random.Random) -> Image.Image:
 class ContentImages(Dataset):
     """The content photos: random square crops, indexed by ``(photo index, crop seed)``.
 
-    Files that are not images are dropped when the folder is scanned; files that fail to
-    decode later (truncated, corrupt) are skipped and counted, and another photo is used.
+    Files that are not images are dropped when the folder is scanned (listed in ``skipped``);
+    a file that fails to decode later (truncated, corrupt) is replaced by another photo, with a
+    warning the first time each process meets it (data-loading workers are separate processes,
+    so ``skipped`` only grows in the process that decoded it).
     """
 
     def __init__(self, folder: str | Path, image_size: int) -> None:
         self.image_size = image_size
         candidates = find_images(folder)
-        readable = {p: readable_header(p) for p in candidates}
+        readable = {p: _readable_header(p) for p in candidates}
         self.paths = [p for p, ok in readable.items() if ok]
         self.skipped: list[Path] = [p for p, ok in readable.items() if not ok]
         if not self.paths:
@@ -153,7 +159,7 @@ class ContentImages(Dataset):
             path = self.paths[index]
             try:
                 img = load_image(path, max_size=4 * self.image_size)
-                return image_to_tensor(random_crop(img, self.image_size, rng))
+                return image_to_tensor(_random_crop(img, self.image_size, rng))
             except StyleTransferError as e:
                 if path not in self.skipped:
                     self.skipped.append(path)
@@ -162,13 +168,13 @@ class ContentImages(Dataset):
         raise StyleTransferError("no content image could be decoded")
 
 
-def readable_header(path: Path) -> bool:
+def _readable_header(path: Path) -> bool:
     """Cheap check that Pillow recognises the file and its size is sane (decoding happens later)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(path) as img:
-                refuse_too_many_pixels(img)
+                _refuse_too_many_pixels(img)
         return True
     except Exception:
         return False

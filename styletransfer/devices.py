@@ -8,11 +8,16 @@ import torch
 
 from .errors import StyleTransferError
 
+__all__ = ["PRECISIONS", "autocast", "cpu_has_fast_bf16", "pick_device", "resolve_precision"]
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` is CUDA when available, else CPU; otherwise the device named."""
+    """``auto`` is CUDA when available, else CPU; otherwise the device named (cpu, cuda, cuda:N, mps).
+
+    Raises StyleTransferError for an unknown name or a device this machine does not have.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -38,7 +43,8 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """The autocast dtype for ``precision`` on ``device`` (float32 means autocast off)."""
+    """The autocast dtype for ``precision`` (auto, fp32, bf16, fp16) on ``device`` (float32 means
+    autocast off). Raises StyleTransferError for an unknown precision, or fp16 off CUDA."""
     if precision not in PRECISIONS:
         raise StyleTransferError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if precision == "fp32":

@@ -19,6 +19,11 @@ from torch.nn.parallel import DistributedDataParallel
 from .devices import pick_device
 from .errors import StyleTransferError
 
+__all__ = [
+    "Processes", "device_for", "from_environment", "process_group", "same_everywhere", "summarise_step", "wait_for_all",
+    "wrap",
+]  # fmt: skip
+
 TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 
@@ -47,15 +52,20 @@ def from_environment(env=os.environ) -> Processes:
         raise StyleTransferError(
             f"{', '.join(found)} set but not {', '.join(missing)}: start distributed training with torchrun"
         )
+    rank, local_rank, world_size = _whole_numbers(env)
+    if not (world_size >= 1 and 0 <= rank < world_size and local_rank >= 0):
+        raise StyleTransferError(f"RANK {rank} does not fit WORLD_SIZE {world_size}")
+    return Processes(rank, local_rank, world_size, distributed=True)
+
+
+def _whole_numbers(env) -> tuple[int, int, int]:
+    """RANK, LOCAL_RANK and WORLD_SIZE as numbers."""
     try:
-        rank, local_rank, world_size = (int(env[name]) for name in TORCHRUN_VARIABLES)
+        return tuple(int(env[name]) for name in TORCHRUN_VARIABLES)
     except ValueError:
         raise StyleTransferError(
             "RANK, LOCAL_RANK and WORLD_SIZE must be whole numbers: start distributed training with torchrun"
         ) from None
-    if not (world_size >= 1 and 0 <= rank < world_size and local_rank >= 0):
-        raise StyleTransferError(f"RANK {rank} does not fit WORLD_SIZE {world_size}")
-    return Processes(rank, local_rank, world_size, distributed=True)
 
 
 def device_for(procs: Processes, name: str) -> torch.device:

@@ -1,5 +1,11 @@
 """The one exception type a user sees: its message is printed as a one-line error."""
 
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["StyleTransferError", "TrainingDiverged", "TrainingInterrupted", "cannot_write", "one_line"]
+
 
 class StyleTransferError(Exception):
     """A problem with the user's input (file, checkpoint, option) rather than a bug."""
@@ -11,3 +17,17 @@ class TrainingInterrupted(StyleTransferError):
 
 class TrainingDiverged(StyleTransferError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def one_line(e: BaseException, limit: int = 200) -> str:
+    """The text of ``e`` on one line (white space folded), cut to ``limit`` characters."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def cannot_write(path: str | Path, e: OSError, detail: str = "") -> StyleTransferError:
+    """The error for an output that could not be written (disk full, no permission, ...).
+
+    ``detail`` is appended as it is, e.g. ``" at step 5"`` or ``"; the previous version is kept"``.
+    """
+    return StyleTransferError(f"{path}: cannot write ({e.strerror or one_line(e)}){detail}")

@@ -13,11 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
-from torchvision.models import vgg as tv_vgg
 
 from .errors import StyleTransferError
+
+__all__ = [
+    "CONTENT_LAYER", "RANDOM_WEIGHTS", "STYLE_LAYERS", "VGG_LAYERS", "VGG_WEIGHTS_ENV", "LossWeights", "PerceptualLoss",
+    "VGGFeatures", "gram_matrix", "load_vgg_features", "relative_mse", "total_variation",
+]  # fmt: skip
 
 VGG_WEIGHTS_ENV = "STYLETRANSFER_VGG_WEIGHTS"
 # "random" builds an untrained VGG: only for tests and benchmarks, never for real training.
@@ -46,27 +49,31 @@ class LossWeights:
 def load_vgg_features(arch: str = "vgg16", weights: str | None = None) -> nn.Sequential:
     """The convolutional part of torchvision's VGG16/VGG19, frozen, in eval mode.
 
-    ``weights``: a local file (full torchvision state dict or only its ``features.*``
-    part), ``"random"``, or None for the environment variable, else torchvision's
-    ImageNet weights (downloaded once into torch's cache).
+    ``arch``: vgg16 or vgg19. ``weights``: a local file (full torchvision state dict or only
+    its ``features.*`` part, loaded with ``weights_only=True``), ``"random"``, or None for the
+    environment variable, else torchvision's ImageNet weights (downloaded once into torch's
+    cache). Raises StyleTransferError for an unknown arch, a file that is not such a state
+    dict (a pickle is refused unread), or weights that cannot be downloaded.
     """
     if arch not in VGG_CONFIG:
         raise StyleTransferError(f"unknown VGG {arch!r}; choose vgg16 or vgg19")
+    from torchvision.models import vgg as tv_vgg  # here: importing torchvision takes seconds
+
     weights = weights or os.environ.get(VGG_WEIGHTS_ENV) or None
     features = tv_vgg.make_layers(tv_vgg.cfgs[VGG_CONFIG[arch]])
     if weights == RANDOM_WEIGHTS:
         pass
     elif weights:
-        features.load_state_dict(read_features_state_dict(Path(weights), features))
+        features.load_state_dict(_read_features_state_dict(Path(weights), features))
     else:
-        features.load_state_dict(download_features_state_dict(arch))
+        features.load_state_dict(_download_features_state_dict(arch))
     for m in features:
         if isinstance(m, nn.ReLU):
             m.inplace = False  # the intermediate activations are kept for the loss
     return features.eval().requires_grad_(False)
 
 
-def read_features_state_dict(path: Path, features: nn.Sequential) -> dict:
+def _read_features_state_dict(path: Path, features: nn.Sequential) -> dict:
     if not path.is_file():
         raise StyleTransferError(f"VGG weights file {path} does not exist")
     try:
@@ -75,7 +82,7 @@ def read_features_state_dict(path: Path, features: nn.Sequential) -> dict:
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise StyleTransferError(
-            f"{path}: refused, not a plain tensor file that loads without running code ({refusal_reason(e)})"
+            f"{path}: refused, not a plain tensor file that loads without running code ({_refusal_reason(e)})"
         ) from None
     if not isinstance(sd, dict):
         raise StyleTransferError(f"{path}: expected a VGG state dict, found {type(sd).__name__}")
@@ -83,13 +90,13 @@ def read_features_state_dict(path: Path, features: nn.Sequential) -> dict:
     expected = features.state_dict()
     if set(sd) != set(expected) or any(sd[k].shape != expected[k].shape for k in expected):
         raise StyleTransferError(
-            f"{path}: tensors do not match torchvision's {describe(features)} features "
+            f"{path}: tensors do not match torchvision's {_describe(features)} features "
             f"(expected keys like features.0.weight ... features.{len(features) - 3}.bias)"
         )
     return sd
 
 
-def refusal_reason(e: Exception) -> str:
+def _refusal_reason(e: Exception) -> str:
     """The informative sentence of torch's long, multi-line weights-only refusal."""
     lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
     marker = "WeightsUnpickler error:"
@@ -98,12 +105,14 @@ def refusal_reason(e: Exception) -> str:
     return detail.split(". ")[0].strip()[:160]
 
 
-def describe(features: nn.Sequential) -> str:
+def _describe(features: nn.Sequential) -> str:
     convs = sum(isinstance(m, nn.Conv2d) for m in features)
     return {13: "VGG16", 16: "VGG19"}.get(convs, "VGG")
 
 
-def download_features_state_dict(arch: str) -> dict:
+def _download_features_state_dict(arch: str) -> dict:
+    import torchvision
+
     enum = {"vgg16": torchvision.models.VGG16_Weights, "vgg19": torchvision.models.VGG19_Weights}[arch]
     try:
         sd = enum.IMAGENET1K_V1.get_state_dict(progress=True)
@@ -151,7 +160,7 @@ def gram_matrix(features: torch.Tensor) -> torch.Tensor:
 
 
 def total_variation(images: torch.Tensor) -> torch.Tensor:
-    """Mean absolute difference between neighbouring pixels."""
+    """Mean absolute difference between neighbouring pixels of (B, C, H, W) images: a scalar."""
     dh = (images[..., 1:, :] - images[..., :-1, :]).abs().mean()
     dw = (images[..., :, 1:] - images[..., :, :-1]).abs().mean()
     return dh + dw
@@ -189,7 +198,12 @@ class PerceptualLoss(nn.Module):
             self.register_buffer(f"gram_{name}", gram_matrix(style_features[name])[:1])
 
     def forward(self, output: torch.Tensor, content: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Loss terms for stylised ``output`` of ``content`` images; ``total`` is the weighted sum."""
+        """Loss terms for stylised ``output`` of ``content`` images, both (B, 3, H, W) in [0, 1].
+
+        Returns scalar tensors ``content``, ``style`` (mean over the style layers), ``tv`` and
+        ``total``, their weighted sum (Johnson et al. 2016, eq. 1-4, each term relative to its
+        target's energy).
+        """
         with torch.no_grad():
             content_target = self.vgg(content, only=self.content_layer)[self.content_layer]
         feats = self.vgg(output)

@@ -2,14 +2,19 @@
 
 Reflection-padded convolutions, 9x9 32 -> 3x3/2 64 -> 3x3/2 128, five residual blocks of
 128 channels, two nearest-upsample + conv stages and a 9x9 conv back to RGB. Every norm
-layer comes from :func:`styletransfer.norms.make_norm`, so one ``norm`` argument switches
-the whole network between BN, IN, BN+SE and IEBN.
+layer comes from one ``norm_layer(channels)`` callable, built from the norm table by
+:func:`styletransfer.norms.make_norm`, so one ``norm`` argument switches the whole network
+between BN, IN, BN+SE and IEBN.
 
-Images go in and come out in [0, 1]. Any height and width work: the input is padded by
-reflection to a multiple of 4 (the two stride-2 stages), at least 16, and the output cropped back.
+Images go in and come out in [0, 1]. Any height and width work: the input is padded to a
+multiple of 4 (the two stride-2 stages), at least 16, by reflection (by replication when the
+image is too small to reflect that far), and the output cropped back.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -17,14 +22,16 @@ from torch import nn
 
 from .norms import make_norm
 
+__all__ = ["TransformerNet"]
+
+NormLayer = Callable[[int], nn.Module]
+
 
 class ConvNormReLU(nn.Sequential):
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int, norm: str, norm_options: dict, relu=True):
-        layers = [
-            nn.ReflectionPad2d(kernel // 2),
-            nn.Conv2d(cin, cout, kernel, stride),
-            make_norm(norm, cout, **norm_options),
-        ]
+    """Reflection pad, conv, norm, and (unless ``relu=False``) ReLU."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, norm_layer: NormLayer, relu: bool = True):
+        layers = [nn.ReflectionPad2d(kernel // 2), nn.Conv2d(cin, cout, kernel, stride), norm_layer(cout)]
         if relu:
             layers.append(nn.ReLU(inplace=True))
         super().__init__(*layers)
@@ -33,11 +40,11 @@ class ConvNormReLU(nn.Sequential):
 class ResidualBlock(nn.Module):
     """conv-norm-relu-conv-norm plus the identity (He et al. 2016, as Johnson used it)."""
 
-    def __init__(self, channels: int, norm: str, norm_options: dict) -> None:
+    def __init__(self, channels: int, norm_layer: NormLayer) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            ConvNormReLU(channels, channels, 3, 1, norm, norm_options),
-            ConvNormReLU(channels, channels, 3, 1, norm, norm_options, relu=False),
+            ConvNormReLU(channels, channels, 3, 1, norm_layer),
+            ConvNormReLU(channels, channels, 3, 1, norm_layer, relu=False),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -47,27 +54,32 @@ class ResidualBlock(nn.Module):
 class Upsample(nn.Sequential):
     """Nearest-neighbour upsampling then a conv: avoids the checkerboard of transposed convs."""
 
-    def __init__(self, cin: int, cout: int, norm: str, norm_options: dict) -> None:
-        super().__init__(nn.Upsample(scale_factor=2, mode="nearest"), ConvNormReLU(cin, cout, 3, 1, norm, norm_options))
+    def __init__(self, cin: int, cout: int, norm_layer: NormLayer) -> None:
+        super().__init__(nn.Upsample(scale_factor=2, mode="nearest"), ConvNormReLU(cin, cout, 3, 1, norm_layer))
 
 
 class TransformerNet(nn.Module):
-    """Feed-forward style transfer network; ``norm`` is one of bn, in, se, iebn."""
+    """Feed-forward style transfer network.
+
+    ``norm`` is a name of the norm table (bn, in, se, iebn) and ``norm_options`` that norm's
+    options (see :func:`styletransfer.norms.make_norm`, which raises ValueError for unknown
+    ones). Input and output: (B, 3, H, W) in [0, 1], any H and W >= 1.
+    """
 
     def __init__(self, norm: str = "in", norm_options: dict | None = None) -> None:
         super().__init__()
         self.norm = norm
         self.norm_options = dict(norm_options or {})
-        o = self.norm_options
+        norm_layer = partial(make_norm, norm, **self.norm_options)
         self.encoder = nn.Sequential(
-            ConvNormReLU(3, 32, 9, 1, norm, o),
-            ConvNormReLU(32, 64, 3, 2, norm, o),
-            ConvNormReLU(64, 128, 3, 2, norm, o),
+            ConvNormReLU(3, 32, 9, 1, norm_layer),
+            ConvNormReLU(32, 64, 3, 2, norm_layer),
+            ConvNormReLU(64, 128, 3, 2, norm_layer),
         )
-        self.residuals = nn.Sequential(*[ResidualBlock(128, norm, o) for _ in range(5)])
+        self.residuals = nn.Sequential(*[ResidualBlock(128, norm_layer) for _ in range(5)])
         self.decoder = nn.Sequential(
-            Upsample(128, 64, norm, o),
-            Upsample(64, 32, norm, o),
+            Upsample(128, 64, norm_layer),
+            Upsample(64, 32, norm_layer),
             nn.ReflectionPad2d(4),
             nn.Conv2d(32, 3, 9, 1),
         )

@@ -17,15 +17,21 @@ with a sigmoid gate of the instance's own channel mean (taken before normalisati
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import StyleTransferError
 from .instance_ops import instance_moments, instance_scale_shift
-from .syncbn import global_batch_stats
+from .syncbn import global_batch_stats, update_running_stats
 
-NORM_NAMES = ("bn", "in", "se", "iebn")
-NORM_LABELS = {"bn": "BN", "in": "IN", "se": "BN+SE", "iebn": "IEBN"}
+__all__ = [
+    "NORMS", "BatchNormSE", "IEBN2d", "InstanceNorm2d", "Norm", "SqueezeExcite", "convert_bn_to_iebn", "make_norm",
+    "norm_label", "norm_spec",
+]  # fmt: skip
 
 SE_REDUCTION = 16
 SE_MIN_HIDDEN = 8
@@ -103,7 +109,7 @@ class IEBN2d(nn.BatchNorm2d):
             count = x.numel() // x.shape[1]
             if self.process_group is not None:  # distributed training: over the global batch
                 mean, var, count = global_batch_stats(mean, var, count, self.process_group)
-            self._update_running_stats(mean, var, count)
+            update_running_stats(self, mean, var, count)
         else:
             mean, var = self.running_mean, self.running_var
         gate = self.gate(inst_mean)
@@ -115,18 +121,6 @@ class IEBN2d(nn.BatchNorm2d):
         scale = gamma * torch.rsqrt(var + self.eps)
         return instance_scale_shift(x, scale, beta, mean.expand_as(scale))
 
-    @torch.no_grad()
-    def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
-        factor = self._momentum()
-        self.running_mean.lerp_(mean, factor)
-        self.running_var.lerp_(var * count / max(count - 1, 1), factor)  # unbiased, as BatchNorm
-
-    def _momentum(self) -> float:
-        # Same rule as nn.BatchNorm2d: momentum=None means a cumulative moving average.
-        self.num_batches_tracked.add_(1)
-        if self.momentum is None:
-            return 1.0 / float(self.num_batches_tracked)
-        return self.momentum
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, excite={self.excite}, squeeze={self.squeeze}, activation={self.activation}"
@@ -172,21 +166,57 @@ class BatchNormSE(nn.Sequential):
         super().__init__(nn.BatchNorm2d(channels), SqueezeExcite(channels, reduction))
 
 
+@dataclass(frozen=True)
+class Norm:
+    """One row of the norm table: everything the project knows about a normalisation."""
+
+    name: str  # the --norm value, and the file name of a shipped model (<style>/<name>.safetensors)
+    label: str  # shown in tables, grids, captions and plot legends
+    build: Callable[..., nn.Module]  # build(channels, **options) -> layer for (B, C, H, W) input
+    batch_statistics: bool  # normalises with the statistics of the batch (needs >= 2 images per batch)
+    colour: str  # its colour in every loss-curve figure
+    options: tuple[str, ...] = ()  # keyword options ``build`` takes (the paper's ablations)
+
+
+# The four normalisations compared by the project, in the order they are shown everywhere.
+# Adding a normalisation is adding a row.
+NORMS: dict[str, Norm] = {norm.name: norm for norm in (
+    Norm("bn", "BN", nn.BatchNorm2d, batch_statistics=True, colour="#d62728"),
+    Norm("in", "IN", lambda channels: InstanceNorm2d(channels, affine=True), batch_statistics=False, colour="#1f77b4"),
+    Norm("se", "BN+SE", BatchNormSE, batch_statistics=True, colour="#ff7f0e", options=("reduction",)),
+    Norm("iebn", "IEBN", IEBN2d, batch_statistics=True, colour="#2ca02c",
+         options=("excite", "squeeze", "activation", "reduction")),
+)}  # fmt: skip
+
+
+def norm_spec(name: str) -> Norm:
+    """The table row of norm ``name``; an unknown name is a one-line StyleTransferError."""
+    if name not in NORMS:
+        raise StyleTransferError(f"unknown norm {name!r}; choose one of {', '.join(NORMS)}")
+    return NORMS[name]
+
+
+def norm_label(name: str) -> str:
+    """The display label of norm ``name`` (e.g. "BN+SE" for ``se``); unknown names as they are."""
+    return NORMS[name].label if name in NORMS else name
+
+
 def make_norm(name: str, channels: int, **options) -> nn.Module:
     """Build the normalisation layer called ``name`` for ``channels`` channels.
 
-    ``options`` go to IEBN2d (``excite``, ``squeeze``, ``activation``) or to the SE
-    gate (``reduction``).
+    ``options`` are the row's options (IEBN2d: ``excite``, ``squeeze``, ``activation``,
+    ``reduction``; BN+SE: ``reduction``). Raises ValueError for an unknown norm or an
+    option the norm does not take (a programming error: user input is checked by
+    :func:`norm_spec` and the config first).
     """
-    if name == "bn":
-        return nn.BatchNorm2d(channels)
-    if name == "in":
-        return InstanceNorm2d(channels, affine=True)
-    if name == "se":
-        return BatchNormSE(channels, **options)
-    if name == "iebn":
-        return IEBN2d(channels, **options)
-    raise ValueError(f"unknown norm {name!r}; choose one of {', '.join(NORM_NAMES)}")
+    if name not in NORMS:
+        raise ValueError(f"unknown norm {name!r}; choose one of {', '.join(NORMS)}")
+    norm = NORMS[name]
+    unknown = sorted(set(options) - set(norm.options))
+    if unknown:
+        takes = f"it takes {', '.join(norm.options)}" if norm.options else "it takes none"
+        raise ValueError(f"norm {name} has no option {', '.join(unknown)}; {takes}")
+    return norm.build(channels, **options)
 
 
 def convert_bn_to_iebn(module: nn.Module, **options) -> nn.Module:

@@ -2,39 +2,42 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, model_label
 from .data import IMAGE_SUFFIXES, find_images, image_to_tensor, load_image, tensor_to_image
 from .devices import autocast, pick_device, resolve_precision
-from .errors import StyleTransferError
-from .norms import NORM_LABELS
+from .errors import StyleTransferError, cannot_write
+
+__all__ = ["FileResult", "OUTPUT_FORMATS", "Stylizer", "output_format", "save_image", "stylize_files"]
 
 OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 
 
 class Stylizer:
-    """A checkpoint loaded once, ready to stylise any number of images."""
+    """A network loaded once, ready to stylise any number of images.
 
-    def __init__(self, checkpoint: str | Path, device: str = "auto", precision: str = "auto") -> None:
-        ckpt = load_checkpoint(checkpoint)
-        self._setup(ckpt.build_model(), ckpt.meta, device, precision)
+    ``model``: a :class:`~styletransfer.network.TransformerNet` (or any module mapping
+    (B, 3, H, W) in [0, 1] to the same); ``meta``: its checkpoint metadata (at least
+    ``norm``); ``device``: auto, cpu, cuda or cuda:N; ``precision``: auto, fp32, bf16 or fp16.
+    Raises StyleTransferError for an unavailable device or unknown precision.
+    """
 
-    @classmethod
-    def from_model(cls, model: torch.nn.Module, meta: dict, device: str = "auto", precision: str = "auto"):
-        """A stylizer for a network in memory (``meta`` needs at least ``norm``)."""
-        stylizer = cls.__new__(cls)
-        stylizer._setup(model, meta, device, precision)
-        return stylizer
-
-    def _setup(self, model: torch.nn.Module, meta: dict, device: str, precision: str) -> None:
+    def __init__(self, model: torch.nn.Module, meta: dict, device: str = "auto", precision: str = "auto") -> None:
         self.meta = meta
         self.device = pick_device(device)
         self.dtype = resolve_precision(precision, self.device)
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path, device: str = "auto", precision: str = "auto") -> Stylizer:
+        """The network of a ``.safetensors`` checkpoint; a file that is not one is a StyleTransferError."""
+        ckpt = load_checkpoint(checkpoint)
+        return cls(ckpt.build_model(), ckpt.meta, device, precision)
 
     @property
     def norm(self) -> str:
@@ -46,11 +49,12 @@ class Stylizer:
 
     @property
     def label(self) -> str:
-        return f"{NORM_LABELS[self.norm]} · {self.style.replace('_', ' ')}"
+        """E.g. "IEBN · starry night"."""
+        return model_label({**self.meta, "style": self.style})
 
     @torch.inference_mode()
     def stylize_tensor(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [0, 1] to stylised (B, 3, H, W) in [0, 1], any H and W."""
+        """(B, 3, H, W) in [0, 1] to stylised (B, 3, H, W) in [0, 1] (float32), any H and W."""
         x = images.to(self.device).contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.dtype):
             y = self.model(x)
@@ -62,6 +66,7 @@ class Stylizer:
 
 
 def output_format(path: Path) -> str:
+    """Pillow's format name for the extension of ``path``; others are a StyleTransferError."""
     fmt = OUTPUT_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise StyleTransferError(f"{path}: unknown output type; use .png, .jpg or .webp")
@@ -76,10 +81,10 @@ def save_image(img: Image.Image, path: Path) -> None:
         options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
         img.save(path, fmt, **options)
     except OSError as e:
-        raise StyleTransferError(f"{path}: cannot write ({e.strerror or e})") from None
+        raise cannot_write(path, e) from None
 
 
-def expand_inputs(inputs: list[Path]) -> list[Path]:
+def _expand_inputs(inputs: list[Path]) -> list[Path]:
     """Files as given, folders replaced by the images inside them (recursively)."""
     files = []
     for p in inputs:
@@ -93,37 +98,55 @@ def expand_inputs(inputs: list[Path]) -> list[Path]:
     return files
 
 
-def plan_outputs(inputs: list[Path], given: list[Path], out: Path, suffix: str) -> list[Path]:
+def _names_a_file(out: Path) -> bool:
+    return out.suffix.lower() in OUTPUT_FORMATS or out.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _plan_outputs(inputs: list[Path], given: list[Path], out: Path, suffix: str) -> list[Path]:
     """Where each input goes: ``out`` itself for one file named with an image extension,
     else ``out/<name>-<suffix>.png``, keeping sub-folders of a given folder."""
-    names_a_file = out.suffix.lower() in OUTPUT_FORMATS or is_image_name(out)
-    if len(inputs) == 1 and len(given) == 1 and not given[0].is_dir() and names_a_file:
+    if len(inputs) == 1 and len(given) == 1 and not given[0].is_dir() and _names_a_file(out):
         output_format(out)
         return [out]
-    if names_a_file:
+    if _names_a_file(out):
         raise StyleTransferError(f"{out}: several inputs need an output folder, not a file name")
-    outputs = []
-    for p in inputs:
-        root = next((g for g in given if g.is_dir() and p.is_relative_to(g)), None)
-        rel = p.relative_to(root).parent if root else Path()
-        outputs.append(out / rel / f"{p.stem}-{suffix}.png")
-    return outputs
+    return [out / _relative_folder(p, given) / f"{p.stem}-{suffix}.png" for p in inputs]
 
 
-def is_image_name(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES
+def _relative_folder(path: Path, given: list[Path]) -> Path:
+    """The sub-folder of ``path`` inside the given folder it was found in (none for a file given)."""
+    root = next((g for g in given if g.is_dir() and path.is_relative_to(g)), None)
+    return path.relative_to(root).parent if root else Path()
 
 
-def stylize_files(stylizer: Stylizer, inputs: list[Path], out: Path, max_size: int | None, on_done=None) -> list[str]:
-    """Stylise every input; returns one error line per input that failed (the rest are written)."""
-    files = expand_inputs(inputs)
-    outputs = plan_outputs(files, inputs, out, f"{stylizer.style}-{stylizer.norm}")
-    errors = []
+@dataclass
+class FileResult:
+    """What happened to one input file: written to ``output``, or ``error`` (one line)."""
+
+    source: Path
+    output: Path
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def stylize_files(stylizer: Stylizer, inputs: list[Path], out: Path, max_size: int | None) -> list[FileResult]:
+    """Stylise image files and folders of images (searched recursively) into ``out``.
+
+    ``max_size``: the long side, in pixels, each image is scaled down to (None keeps its size).
+    Returns one result per image file, in order; a file that fails does not stop the others.
+    Raises StyleTransferError only for problems with the whole call (an empty folder, an
+    output file name for several inputs).
+    """
+    files = _expand_inputs(inputs)
+    outputs = _plan_outputs(files, inputs, out, f"{stylizer.style}-{stylizer.norm}")
+    results = []
     for src, dst in zip(files, outputs):
         try:
             save_image(stylizer.stylize(load_image(src, max_size)), dst)
+            results.append(FileResult(src, dst))
         except StyleTransferError as e:
-            errors.append(str(e))
-        if on_done:
-            on_done(src, dst)
-    return errors
+            results.append(FileResult(src, dst, str(e)))
+    return results

@@ -17,6 +17,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+__all__ = ["GlobalBatchNorm2d", "global_batch_stats", "update_running_stats", "use_global_batch_statistics"]
+
 
 class _AllReduceSum(torch.autograd.Function):
     """Sum over the processes; the gradient is summed back the same way."""
@@ -71,7 +73,7 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         var, mean = torch.var_mean(x.to(torch.promote_types(x.dtype, torch.float32)), (0, 2, 3), correction=0)
         mean, var, count = global_batch_stats(mean, var, x.numel() // x.shape[1], self.process_group)
         if self.track_running_stats:
-            self.update_running_stats(mean, var, count)
+            update_running_stats(self, mean, var, count)
         scale = torch.rsqrt(var + self.eps)
         if self.affine:
             scale = scale * self.weight
@@ -79,13 +81,16 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         y = (x.to(mean.dtype) - mean[:, None, None]) * scale[:, None, None]
         return (y + self.bias[:, None, None] if self.affine else y).to(x.dtype)
 
-    @torch.no_grad()
-    def update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
-        """As nn.BatchNorm2d: momentum None is a cumulative average; the running variance is unbiased."""
-        self.num_batches_tracked.add_(1)
-        factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
-        self.running_var.lerp_((var * count / max(count - 1, 1)).to(self.running_var.dtype), factor)
+
+@torch.no_grad()
+def update_running_stats(layer: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
+    """Fold a batch's per-channel ``mean`` and biased ``var`` (shape (C,), over ``count`` values
+    per channel) into ``layer``'s running statistics, by nn.BatchNorm2d's rule: momentum None is a
+    cumulative average, and the running variance is the unbiased one."""
+    layer.num_batches_tracked.add_(1)
+    factor = 1.0 / float(layer.num_batches_tracked) if layer.momentum is None else layer.momentum
+    layer.running_mean.lerp_(mean.to(layer.running_mean.dtype), factor)
+    layer.running_var.lerp_((var * count / max(count - 1, 1)).to(layer.running_var.dtype), factor)
 
 
 def use_global_batch_statistics(module: nn.Module, process_group) -> nn.Module:

@@ -1,19 +1,20 @@
-"""Training a transformation network for one style: one readable loop.
+"""Training a transformation network for one style: setup, then one readable loop.
 
-A run lives in one folder: ``checkpoint.safetensors`` (the latest model, optimiser and
-step, rewritten atomically every ``checkpoint_every`` steps, at the end and on Ctrl-C) and
-``losses.jsonl`` (one line per step). Batches are a pure function of (seed, step), so a
-resumed run sees exactly the batches an uninterrupted run would have seen.
+A run lives in one folder (see :mod:`styletransfer.runs`): the checkpoint is rewritten
+atomically every ``checkpoint_every`` steps, at the end and on Ctrl-C, and the loss log gets
+one line per step. Batches are a pure function of (seed, step), so a resumed run sees exactly
+the batches an uninterrupted run would have seen.
+
+Per step: content photos -> network -> perceptual loss (VGG) -> Adam.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -22,7 +23,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader
 
-from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .config import TrainConfig
 from .data import ContentImages, StepBatches, image_to_tensor, load_image
 from .devices import autocast, resolve_precision
 from .distributed import (
@@ -36,57 +38,27 @@ from .distributed import (
     wrap,
 )
 from .errors import StyleTransferError, TrainingDiverged, TrainingInterrupted
-from .loss import RANDOM_WEIGHTS, STYLE_LAYERS, LossWeights, PerceptualLoss, load_vgg_features
+from .loss import RANDOM_WEIGHTS, LossWeights, PerceptualLoss, load_vgg_features
 from .network import TransformerNet
-from .norms import NORM_NAMES
+from .norms import NORMS
+from .runs import LOG_NAME, LOSS_TERMS, LossLog, checkpoint_path, remove_stale_temporaries
 from .syncbn import use_global_batch_statistics
 
-CHECKPOINT_NAME = "checkpoint.safetensors"
-LOG_NAME = "losses.jsonl"
-LOSS_TERMS = ("content", "style", "tv", "total")
-HISTORY_POINTS = 200  # loss curve points kept inside each checkpoint's metadata
-BATCH_STATISTICS_NORMS = ("bn", "se", "iebn")
-
-
-@dataclass
-class TrainConfig:
-    style: str
-    content_dir: str
-    out: str
-    norm: str = "iebn"
-    iterations: int = 2000
-    image_size: int = 256
-    style_size: int = 512
-    batch_size: int = 4
-    lr: float = 1e-3
-    content_weight: float = LossWeights.content
-    style_weight: float = LossWeights.style
-    tv_weight: float = LossWeights.tv
-    vgg: str = "vgg16"
-    vgg_weights: str | None = None
-    content_layer: str = "relu2_2"
-    style_layers: tuple[str, ...] = STYLE_LAYERS
-    seed: int = 0
-    checkpoint_every: int = 500
-    device: str = "auto"
-    precision: str = "auto"
-    channels_last: bool = True
-    workers: int | None = None
-    style_name: str | None = None
-    style_credit: str | None = None
-    norm_options: dict = field(default_factory=dict)
-    sync_bn: bool | None = None  # under torchrun: None means on for bn, se and iebn
-    world_size: int = 1  # processes training together (set from torchrun's environment)
-
-    # Settings that may change when a run is resumed; all others must stay as they were.
-    RESUMABLE = (
-        "iterations", "checkpoint_every", "device", "precision", "channels_last", "workers", "vgg_weights",
-        "sync_bn", "world_size",
-    )  # fmt: skip
+__all__ = ["TrainConfig", "start_run", "train", "train_run"]
 
 
 def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None) -> Path:
-    """Train (or resume) the run in ``cfg.out``; returns the checkpoint path.
+    """Train the run ``cfg`` describes, or with ``resume`` continue it; returns the checkpoint path.
+
+    Raises StyleTransferError (one line) for bad settings or files, TrainingDiverged when the
+    loss or weights stop being finite, TrainingInterrupted after Ctrl-C (checkpoint saved).
+    """
+    return train_run(asdict(cfg), resume, console)
+
+
+def train_run(options: dict, resume: bool = False, console: Console | None = None) -> Path:
+    """Train with the settings in ``options`` (TrainConfig field names; only those the user gave
+    when resuming); see :func:`start_run` for how a run starts or continues.
 
     Under torchrun every process calls this and they train one model together
     (DistributedDataParallel); only the main process writes the log and checkpoints.
@@ -95,39 +67,112 @@ def train(cfg: TrainConfig, resume: bool = False, console: Console | None = None
     console = console or Console(stderr=True)
     if not procs.is_main:
         console = Console(stderr=True, quiet=True)
+    cfg, checkpoint = start_run(options, resume, console)
     cfg = replace(cfg, world_size=procs.world_size, sync_bn=sync_bn_choice(cfg, procs))
-    validate(cfg)
+    cfg.validate()
     device = device_for(procs, cfg.device)
     with process_group(procs, device):
-        return train_model(cfg, resume, console, procs, device)
+        # Agree first, so that all processes go on or all stop with the same error.
+        if not same_everywhere(procs, checkpoint is not None, device):
+            raise StyleTransferError(
+                f"only some training processes find {checkpoint_path(cfg.out)}; "
+                "every machine must see the same --out folder"
+            )
+        return training_loop(setup(cfg, checkpoint, procs, device, console))
 
 
-def train_model(cfg: TrainConfig, resume: bool, console: Console, procs: Processes, device: torch.device) -> Path:
-    run_dir = Path(cfg.out)
-    ckpt_path = run_dir / CHECKPOINT_NAME
-    amp_dtype = resolve_precision(cfg.precision, device)
+def start_run(options: dict, resume: bool, console: Console) -> tuple[TrainConfig, Checkpoint | None]:
+    """The one place that decides between a new run and a resumed one.
+
+    ``options``: settings by TrainConfig field name (``out`` required). Returns the run's config
+    and, when resuming, its checkpoint (read once, optimiser state included); a new run returns
+    None. Raises StyleTransferError when ``out`` already holds a run and ``resume`` is false,
+    when resuming would change a setting that must stay, or when a new run lacks style photos.
+    """
+    run_dir = Path(options["out"])
+    ckpt_path = checkpoint_path(run_dir)
+    if ckpt_path.exists():
+        if not resume:
+            raise StyleTransferError(f"{run_dir} already holds a run; add --resume to continue it or choose another --out")
+        checkpoint = load_checkpoint(ckpt_path, with_optimizer=True)
+        if checkpoint.optimizer_state is None:
+            raise StyleTransferError(f"{ckpt_path}: holds no optimiser state, so it cannot be resumed")
+        return TrainConfig.from_metadata(checkpoint.meta["config"]).resumed_with(options), checkpoint
+    if resume:
+        console.print(f"{ckpt_path} not found: starting {run_dir} from step 0")
+    missing = [f"--{n.replace('_', '-')}" for n in ("style", "content_dir") if options.get(n) is None]
+    if missing:
+        raise StyleTransferError(f"train needs {' and '.join(missing)}")
+    return TrainConfig(**options), None
+
+
+@dataclass
+class Training:
+    """Everything the loop works with, built by :func:`setup`."""
+
+    cfg: TrainConfig
+    procs: Processes
+    device: torch.device
+    console: Console
+    model: torch.nn.Module  # the plain network (what is saved)
+    net: torch.nn.Module  # the same, wrapped for DistributedDataParallel when distributed
+    optimizer: torch.optim.Optimizer
+    loss_fn: PerceptualLoss
+    loader: DataLoader
+    amp_dtype: torch.dtype
+    memory_format: torch.memory_format
+    start_step: int
+
+    @property
+    def ckpt_path(self) -> Path:
+        return checkpoint_path(self.cfg.out)
+
+
+def setup(cfg: TrainConfig, checkpoint: Checkpoint | None, procs: Processes, device, console: Console) -> Training:
+    """Model (restored when resuming), optimiser, loss and data, on ``device``."""
     torch.manual_seed(cfg.seed)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = build_model(cfg, checkpoint, procs, device, memory_format)
+    optimizer = build_optimizer(cfg, model, checkpoint)
+    start_step = checkpoint.meta["step"] if checkpoint else 0
+    if checkpoint:  # said once the checkpoint has been restored, not when it fails to fit
+        console.print(f"resuming {cfg.out} at step {start_step}")
+        note_process_change(checkpoint, procs, console)
+    if procs.distributed:
+        console.print(describe_processes(cfg, procs, device))
+    return Training(
+        cfg, procs, device, console, model, wrap(model, procs, device), optimizer, build_loss(cfg, device, memory_format),
+        build_loader(cfg, procs, device, start_step, console), resolve_precision(cfg.precision, device), memory_format,
+        start_step,
+    )  # fmt: skip
 
+
+def build_model(cfg: TrainConfig, checkpoint: Checkpoint | None, procs: Processes, device, memory_format):
+    """The network in training mode on ``device``, with the checkpoint's weights when resuming."""
     model = TransformerNet(cfg.norm, cfg.norm_options)
     if procs.distributed and cfg.sync_bn:
         model = use_global_batch_statistics(model, dist.group.WORLD)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    # Agree first, so that all processes go on or all stop with the same error.
-    if not same_everywhere(procs, ckpt_path.exists(), device):
-        raise StyleTransferError(
-            f"only some training processes find {ckpt_path}; every machine must see the same --out folder"
-        )
-    start_step = restore(model, optimizer, ckpt_path, resume, console, procs)
-    model.to(device).train()
-    optimizer_to(optimizer, device)
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model.to(memory_format=memory_format)
-    net = wrap(model, procs, device)
-    if procs.distributed:
-        console.print(describe_processes(cfg, procs, device))
+    if checkpoint:
+        checkpoint.load_into(model)
+    return model.to(device, memory_format=memory_format).train()
 
+
+def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, checkpoint: Checkpoint | None):
+    """Adam over the model's parameters; when resuming, its state moves to their device as it loads."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    if checkpoint:
+        try:
+            optimizer.load_state_dict(checkpoint.optimizer_state)
+            check_optimizer_shapes(optimizer)
+        except (ValueError, KeyError, TypeError) as e:
+            raise StyleTransferError(f"{checkpoint.path}: its optimiser state does not fit the network ({e})") from None
+    return optimizer
+
+
+def build_loss(cfg: TrainConfig, device, memory_format) -> PerceptualLoss:
+    """The perceptual loss against the style image, on ``device``."""
     style_image = load_image(cfg.style, max_size=cfg.style_size)
-    loss_fn = PerceptualLoss(
+    return PerceptualLoss(
         load_vgg_features(cfg.vgg, cfg.vgg_weights),
         image_to_tensor(style_image).to(device),
         cfg.vgg,
@@ -135,92 +180,81 @@ def train_model(cfg: TrainConfig, resume: bool, console: Console, procs: Process
         cfg.content_layer,
         tuple(cfg.style_layers),
     ).to(device, memory_format=memory_format)
+
+
+def build_loader(cfg: TrainConfig, procs: Processes, device, start_step: int, console: Console) -> DataLoader:
+    """Content photos in batches that are a pure function of (seed, step), from ``start_step`` on."""
     data = ContentImages(cfg.content_dir, cfg.image_size)
     if data.skipped:
         console.print(skipped_line(data.skipped, cfg.content_dir), soft_wrap=True, highlight=False)
     workers = cfg.workers if cfg.workers is not None else (4 if device.type == "cuda" else 0)
-    loader = DataLoader(
-        data,
-        batch_sampler=StepBatches(
-            len(data), cfg.batch_size, cfg.seed, start_step, cfg.iterations, procs.rank, procs.world_size
-        ),
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-    )
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    batches = StepBatches(len(data), cfg.batch_size, cfg.seed, start_step, cfg.iterations, procs.rank, procs.world_size)
+    return DataLoader(data, batch_sampler=batches, num_workers=workers, pin_memory=device.type == "cuda")
+
+
+def training_loop(t: Training) -> Path:
+    """The loop: one optimiser step per batch, logged; checkpoints on schedule, at the end and on Ctrl-C."""
+    cfg, run_dir = t.cfg, Path(t.cfg.out)
+    scaler = torch.amp.GradScaler(t.device.type, enabled=t.amp_dtype == torch.float16)
     log = LossLog(run_dir / LOG_NAME)
-    if procs.is_main:
-        log.truncate(start_step)
+    if t.procs.is_main:
+        log.truncate(t.start_step)
         remove_stale_temporaries(run_dir)
-    recent = deque(maxlen=max(1, cfg.iterations // 10))
-
-    def save(step: int) -> None:
-        refuse_non_finite_weights(model, step, ckpt_path)
-        meta = checkpoint_metadata(cfg, step, recent, log, vgg_description(cfg))
-        save_checkpoint(ckpt_path, model, meta, optimizer)
-
+    recent = deque(maxlen=max(1, cfg.iterations // 10))  # the final losses are averaged over these
     stop = StopRequest()
-    with stop, training_progress(console, start_step, cfg.iterations) as progress:
-        for step, content in enumerate(loader, start=start_step + 1):
-            content = content.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-            with autocast(device, amp_dtype):
-                losses = loss_fn(net(content), content)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(losses["total"]).backward()
-            scaler.step(optimizer)
-            scaler.update()
+    with stop, training_progress(t.console, t.start_step, cfg.iterations) as progress:
+        for step, content in enumerate(t.loader, start=t.start_step + 1):
+            losses = training_step(t, content, scaler)
             # After the update, so the (one) exchange between processes does not stall the GPU.
-            values, stop_now = summarise_step(procs, losses, stop.requested)
-            if not all(math.isfinite(v) for v in values.values()):
-                raise TrainingDiverged(
-                    f"loss became {values['total']} at step {step} ({last_good(ckpt_path)}); lower --lr and try again"
-                )
-            if procs.is_main:
+            values, stop_now = summarise_step(t.procs, losses, stop.requested)
+            refuse_non_finite_loss(values, step, t.ckpt_path)
+            if t.procs.is_main:
                 log.write(step, values)
                 recent.append(values)
                 progress(step, values)
                 if step % cfg.checkpoint_every == 0 or step == cfg.iterations or stop_now:
-                    save(step)
+                    save(t, step, recent, log)
             if stop_now:
-                # torchrun stops the others as soon as one process exits with an error code:
-                # nobody leaves before rank 0 has written the checkpoint.
-                wait_for_all(procs)
-                raise TrainingInterrupted(
-                    f"interrupted at step {step}; saved {ckpt_path}. Continue with: {resume_command(run_dir, procs)}"
-                )
-    if start_step >= cfg.iterations:
-        console.print(f"{run_dir} already trained for {start_step} steps; raise --iterations to train further")
+                stop_all(t, step)
+    if t.start_step >= cfg.iterations:
+        t.console.print(f"{run_dir} already trained for {t.start_step} steps; raise --iterations to train further")
     log.close()
-    return ckpt_path
+    return t.ckpt_path
 
 
-def restore(model, optimizer, ckpt_path: Path, resume: bool, console: Console, procs: Processes) -> int:
-    """Load the run's checkpoint into ``model`` and ``optimizer`` when resuming; returns the step."""
-    run_dir = ckpt_path.parent
-    if resume and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path, with_optimizer=True)
-        ckpt.load_into(model)
-        if ckpt.optimizer_state is None:
-            raise StyleTransferError(f"{ckpt_path}: holds no optimiser state, so it cannot be resumed")
-        try:
-            optimizer.load_state_dict(ckpt.optimizer_state)
-            check_optimizer_shapes(optimizer)
-        except (ValueError, KeyError, TypeError) as e:
-            raise StyleTransferError(f"{ckpt_path}: its optimiser state does not fit the network ({e})") from None
-        start_step = ckpt.meta["step"]
-        console.print(f"resuming {run_dir} at step {start_step}")
-        before = ckpt.meta.get("config", {}).get("world_size", 1)
-        if before != procs.world_size:
-            console.print(
-                f"it was trained on {before} process(es), now on {procs.world_size}: the global batch changes "
-                "from here on (--batch-size is per process)"
-            )
-        return start_step
-    if resume:
-        console.print(f"{ckpt_path} not found: starting {run_dir} from step 0")
-    elif ckpt_path.exists():
-        raise StyleTransferError(f"{run_dir} already holds a run; add --resume to continue it or choose another --out")
-    return 0
+def training_step(t: Training, content: torch.Tensor, scaler: torch.amp.GradScaler) -> dict[str, torch.Tensor]:
+    """One optimiser update on a batch of content photos (B, 3, S, S) in [0, 1]; returns the loss terms."""
+    content = content.to(t.device, non_blocking=True).contiguous(memory_format=t.memory_format)
+    with autocast(t.device, t.amp_dtype):
+        losses = t.loss_fn(t.net(content), content)
+    t.optimizer.zero_grad(set_to_none=True)
+    scaler.scale(losses["total"]).backward()
+    scaler.step(t.optimizer)
+    scaler.update()
+    return losses
+
+
+def save(t: Training, step: int, recent, log: LossLog) -> None:
+    refuse_non_finite_weights(t.model, step, t.ckpt_path)
+    save_checkpoint(t.ckpt_path, t.model, checkpoint_metadata(t.cfg, step, recent, log), t.optimizer)
+
+
+def stop_all(t: Training, step: int) -> None:
+    """After Ctrl-C: every process stops at this step, once rank 0 has written the checkpoint."""
+    # torchrun stops the others as soon as one process exits with an error code.
+    wait_for_all(t.procs)
+    raise TrainingInterrupted(
+        f"interrupted at step {step}; saved {t.ckpt_path}. Continue with: {resume_command(Path(t.cfg.out), t.procs)}"
+    )
+
+
+def note_process_change(checkpoint: Checkpoint, procs: Processes, console: Console) -> None:
+    before = checkpoint.meta.get("config", {}).get("world_size", 1)
+    if before != procs.world_size:
+        console.print(
+            f"it was trained on {before} process(es), now on {procs.world_size}: the global batch changes "
+            "from here on (--batch-size is per process)"
+        )
 
 
 def skipped_line(skipped: list[Path], folder: str) -> str:
@@ -228,11 +262,11 @@ def skipped_line(skipped: list[Path], folder: str) -> str:
     return f"skipped {len(skipped)} unreadable file(s) in {folder}: {names}"
 
 
-def remove_stale_temporaries(run_dir: Path) -> None:
-    """Half-written files of a run that was killed mid-write: never read, so just removed."""
-    for name in (CHECKPOINT_NAME, LOG_NAME):
-        for tmp in run_dir.glob(f".{name}.*.tmp"):
-            tmp.unlink(missing_ok=True)
+def refuse_non_finite_loss(values: dict[str, float], step: int, ckpt_path: Path) -> None:
+    if not all(math.isfinite(v) for v in values.values()):
+        raise TrainingDiverged(
+            f"loss became {values['total']} at step {step} ({last_good(ckpt_path)}); lower --lr and try again"
+        )
 
 
 def refuse_non_finite_weights(model: torch.nn.Module, step: int, ckpt_path: Path) -> None:
@@ -252,7 +286,7 @@ def sync_bn_choice(cfg: TrainConfig, procs: Processes) -> bool | None:
     """Under torchrun, whether the batch statistics span the global batch (default: yes, for bn, se, iebn)."""
     if not procs.distributed:
         return cfg.sync_bn
-    return cfg.norm in BATCH_STATISTICS_NORMS and cfg.sync_bn is not False
+    return NORMS[cfg.norm].batch_statistics and cfg.sync_bn is not False
 
 
 def describe_processes(cfg: TrainConfig, procs: Processes, device: torch.device) -> str:
@@ -260,7 +294,7 @@ def describe_processes(cfg: TrainConfig, procs: Processes, device: torch.device)
         f"{procs.world_size} processes ({dist.get_backend()} on {device.type}), {cfg.batch_size} images each, "
         f"global batch {cfg.batch_size * procs.world_size}"
     )
-    if cfg.norm not in BATCH_STATISTICS_NORMS:
+    if not NORMS[cfg.norm].batch_statistics:
         return line
     return line + ("; batch statistics over the global batch" if cfg.sync_bn else "; batch statistics per process")
 
@@ -269,38 +303,6 @@ def resume_command(run_dir: Path, procs: Processes) -> str:
     if procs.distributed:
         return f"torchrun <same options> -m styletransfer train --out {run_dir} --resume"
     return f"styletransfer train --out {run_dir} --resume"
-
-
-def config_for_resume(out: str | Path, given: dict) -> TrainConfig:
-    """The saved settings of the run in ``out``, updated with the resumable ones in ``given``."""
-    ckpt_path = Path(out) / CHECKPOINT_NAME
-    saved = load_checkpoint(ckpt_path).meta["config"]
-    for name, value in given.items():
-        if name in TrainConfig.RESUMABLE or name == "out":
-            saved[name] = value
-        elif value != saved.get(name) and not (name == "style_layers" and list(value) == saved.get(name)):
-            raise StyleTransferError(
-                f"{out} was trained with --{name.replace('_', '-')} {saved.get(name)}; "
-                "drop that option to resume, or start a new run with another --out"
-            )
-    saved["style_layers"] = tuple(saved["style_layers"])
-    return TrainConfig(**saved)
-
-
-def validate(cfg: TrainConfig) -> None:
-    if cfg.norm not in NORM_NAMES:
-        raise StyleTransferError(f"unknown norm {cfg.norm!r}; choose one of {', '.join(NORM_NAMES)}")
-    for name in ("iterations", "image_size", "style_size", "batch_size", "checkpoint_every"):
-        if getattr(cfg, name) < 1:
-            raise StyleTransferError(f"--{name.replace('_', '-')} must be at least 1")
-    if cfg.image_size < 16:
-        raise StyleTransferError("--image-size must be at least 16")
-    batch = cfg.batch_size * (cfg.world_size if cfg.sync_bn and cfg.world_size > 1 else 1)
-    if cfg.norm in BATCH_STATISTICS_NORMS and batch < 2:
-        across = " (or, under torchrun, --sync-bn)" if cfg.world_size > 1 else ""
-        raise StyleTransferError(f"--norm {cfg.norm} uses batch statistics: --batch-size must be at least 2{across}")
-    if not cfg.lr > 0:
-        raise StyleTransferError("--lr must be positive")
 
 
 def check_optimizer_shapes(optimizer: torch.optim.Optimizer) -> None:
@@ -312,13 +314,6 @@ def check_optimizer_shapes(optimizer: torch.optim.Optimizer) -> None:
                     raise ValueError(f"{name} has shape {tuple(value.shape)}, its parameter {tuple(param.shape)}")
 
 
-def optimizer_to(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
-    for state in optimizer.state.values():
-        for k, v in state.items():
-            if torch.is_tensor(v) and k != "step":
-                state[k] = v.to(device)
-
-
 def vgg_description(cfg: TrainConfig) -> str:
     if cfg.vgg_weights == RANDOM_WEIGHTS:
         return f"{cfg.vgg} (random weights)"
@@ -327,9 +322,8 @@ def vgg_description(cfg: TrainConfig) -> str:
     return f"{cfg.vgg} (torchvision IMAGENET1K_V1)"
 
 
-def checkpoint_metadata(cfg: TrainConfig, step: int, recent, log: LossLog, vgg: str) -> dict:
-    config = asdict(cfg)
-    config["style_layers"] = list(cfg.style_layers)
+def checkpoint_metadata(cfg: TrainConfig, step: int, recent, log: LossLog) -> dict:
+    """What a checkpoint says about itself: enough to rebuild, label, plot and resume the run."""
     losses = {k: sum(r[k] for r in recent) / len(recent) for k in LOSS_TERMS} if recent else {}
     return {
         "norm": cfg.norm,
@@ -338,77 +332,11 @@ def checkpoint_metadata(cfg: TrainConfig, step: int, recent, log: LossLog, vgg: 
         "style_credit": cfg.style_credit,
         "step": step,
         "image_size": cfg.image_size,
-        "vgg": vgg,
+        "vgg": vgg_description(cfg),
         "losses": losses,
-        "history": log.history(HISTORY_POINTS),
-        "config": config,
+        "history": log.history(),
+        "config": cfg.to_metadata(),
     }
-
-
-class LossLog:
-    """``losses.jsonl``: one JSON line per step, flushed as written."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.file = None
-
-    def truncate(self, last_step: int) -> None:
-        """Keep only steps up to ``last_step``: steps after the last checkpoint are redone."""
-        kept = [r for r in read_log(self.path) if r["step"] <= last_step] if self.path.exists() else []
-        atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
-        try:
-            self.file = open(self.path, "a", encoding="utf-8")
-        except OSError as e:
-            raise StyleTransferError(f"{self.path}: cannot write ({e.strerror or e})") from None
-
-    def write(self, step: int, values: dict) -> None:
-        try:
-            self.file.write(json.dumps({"step": step, **{k: round(v, 7) for k, v in values.items()}}) + "\n")
-            self.file.flush()
-        except OSError as e:  # disk full: the checkpoint already written is untouched
-            self.close()
-            raise StyleTransferError(f"{self.path}: cannot write ({e.strerror or e}) at step {step}") from None
-
-    def history(self, points: int) -> dict:
-        """The curve so far, averaged into at most ``points`` buckets."""
-        return downsample(read_log(self.path), points)
-
-    def close(self) -> None:
-        if self.file:
-            try:
-                self.file.close()
-            except OSError:  # the lines it could not write are lost either way
-                pass
-
-
-def read_log(path: Path) -> list[dict]:
-    """Rows of a loss log (``.jsonl`` or ``.jsonl.gz``); a torn last line is ignored."""
-    import gzip
-
-    opener = gzip.open if path.suffix == ".gz" else open
-    rows = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict) and isinstance(row.get("step"), int):
-                rows.append(row)
-    return rows
-
-
-def downsample(rows: list[dict], points: int) -> dict:
-    if not rows:
-        return {}
-    size = max(1, math.ceil(len(rows) / points))
-    out = {"step": []} | {k: [] for k in LOSS_TERMS}
-    for i in range(0, len(rows), size):
-        bucket = rows[i : i + size]
-        out["step"].append(bucket[-1]["step"])
-        for k in LOSS_TERMS:
-            out[k].append(round(sum(r[k] for r in bucket) / len(bucket), 7))
-    return out
 
 
 class StopRequest:

@@ -10,10 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from styletransfer.checkpoint import save_checkpoint
 from styletransfer.cli import main
-
+from styletransfer.network import TransformerNet
+from styletransfer.norms import IEBN2d
 
 
 def make_photo(path: Path, size=(80, 60), seed: int = 0) -> Path:
@@ -73,3 +76,39 @@ def trained_runs(tmp_path_factory, photos, style_image) -> dict[str, Path]:
         assert code == 0
         runs[norm] = out
     return runs
+
+
+def write_checkpoint(folder: Path, style: str, norm: str, seed: int) -> Path:
+    """A random-initialised network saved as ``folder/<style>/<norm>.safetensors`` with made-up losses."""
+    torch.manual_seed(seed)
+    steps = list(range(10, 110, 10))
+    history = {"step": steps} | {term: [1.0 / (s + seed + 1) for s in steps] for term in ("content", "style", "tv", "total")}
+    losses = {"content": 0.5 + seed, "style": 2.0 + seed, "tv": 0.1, "total": 2.6 + 2 * seed}
+    meta = {"norm": norm, "style": style, "style_credit": "Test Painter, Stripes, 2024", "step": 100,
+            "losses": losses, "history": history}  # fmt: skip
+    return save_checkpoint(folder / style / f"{norm}.safetensors", TransformerNet(norm), meta)
+
+
+class Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def iebn_by_formula(x, mean, var, gamma, beta, gamma_hat, beta_hat, eps=1e-5):
+    """The paper's equations written out directly."""
+    m = x.mean(dim=(2, 3))  # raw input, before normalisation
+    delta = torch.sigmoid(m * gamma_hat + beta_hat)
+    x_hat = (x - mean[None, :, None, None]) / torch.sqrt(var[None, :, None, None] + eps)
+    return x_hat * (gamma[None, :, None, None] * delta[:, :, None, None]) + beta[None, :, None, None]
+
+
+def randomised_iebn(channels=5):
+    torch.manual_seed(0)
+    layer = IEBN2d(channels)
+    with torch.no_grad():
+        for p in (layer.weight, layer.bias, layer.gate_weight, layer.gate_bias):
+            p.normal_()
+    return layer

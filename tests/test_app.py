@@ -14,9 +14,9 @@ from PIL import Image
 
 from styletransfer.checkpoint import save_checkpoint
 from styletransfer.network import TransformerNet
-from styletransfer.norms import NORM_LABELS, NORM_NAMES
+from styletransfer.norms import NORMS, norm_label
 import app as demo_app
-from tests.conftest import make_photo
+from .conftest import make_photo, write_checkpoint
 
 CHROMIUM = Path("/usr/bin/chromium")
 # The machine's network is closed: without these Chromium waits on background connections.
@@ -24,22 +24,11 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
 
 
-def write_checkpoint(folder: Path, style: str, norm: str, seed: int) -> Path:
-    """A random-initialised network saved as ``folder/<style>/<norm>.safetensors`` with made-up losses."""
-    torch.manual_seed(seed)
-    steps = list(range(10, 110, 10))
-    history = {"step": steps} | {term: [1.0 / (s + seed + 1) for s in steps] for term in ("content", "style", "tv", "total")}
-    losses = {"content": 0.5 + seed, "style": 2.0 + seed, "tv": 0.1, "total": 2.6 + 2 * seed}
-    meta = {"norm": norm, "style": style, "style_credit": "Test Painter, Stripes, 2024", "step": 100,
-            "losses": losses, "history": history}  # fmt: skip
-    return save_checkpoint(folder / style / f"{norm}.safetensors", TransformerNet(norm), meta)
-
-
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory) -> Path:
     """Four norms of one style; IEBN also gets the fuller loss log that ``export`` writes beside it."""
     folder = tmp_path_factory.mktemp("ckpts")
-    for seed, norm in enumerate(NORM_NAMES):
+    for seed, norm in enumerate(NORMS):
         write_checkpoint(folder, "stripes", norm, seed)
     rows = [{"step": s, "content": 1 / s, "style": 2 / s, "tv": 0.1, "total": 3 / s} for s in range(1, 301)]
     log = "".join(json.dumps(r) + "\n" for r in rows).encode()
@@ -69,8 +58,8 @@ def assert_same_aspect(size: tuple[int, int], source: tuple[int, int], long_side
 
 
 def test_stylize_gives_one_result_per_norm_at_the_chosen_size(results):
-    assert [caption.split(" · ")[0] for _, caption in results] == [NORM_LABELS[n] for n in NORM_NAMES]
-    for (path, _), norm in zip(results, NORM_NAMES):
+    assert [caption.split(" · ")[0] for _, caption in results] == [norm_label(n) for n in NORMS]
+    for (path, _), norm in zip(results, NORMS):
         with Image.open(path) as out:
             assert_same_aspect(out.size, (240, 160), 288)
         assert Path(path).name == f"wide_photo-stripes-{norm}.png"
@@ -156,7 +145,7 @@ def test_loss_curves_prefer_the_full_log(demo):
     axes = fig.get_axes()
     assert [ax.get_title() for ax in axes] == ["content loss", "style loss", "total loss"]
     lines = {line.get_label(): line for line in axes[0].get_lines() if not line.get_label().startswith("_")}
-    assert set(lines) == {NORM_LABELS[n] for n in NORM_NAMES}
+    assert set(lines) == {norm_label(n) for n in NORMS}
     assert len(lines["IEBN"].get_xdata()) == 300  # from iebn.losses.jsonl.gz
     assert len(lines["BN"].get_xdata()) == 10  # the history stored in bn.safetensors
 
@@ -192,7 +181,7 @@ def test_api_returns_one_image_per_norm(served, photo):
 
     client = Client(served, verbose=False)
     results = client.predict(handle_file(str(photo)), "stripes", 320, api_name="/stylize")
-    assert [r["caption"].split(" · ")[0] for r in results] == [NORM_LABELS[n] for n in NORM_NAMES]
+    assert [r["caption"].split(" · ")[0] for r in results] == [norm_label(n) for n in NORMS]
     for r in results:
         with Image.open(r["image"]) as out:
             assert_same_aspect(out.size, (300, 200), 320)

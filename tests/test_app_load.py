@@ -18,9 +18,9 @@ import pytest
 from PIL import Image
 
 import app as demo_app
-from styletransfer.norms import NORM_LABELS, NORM_NAMES
+from styletransfer.norms import NORMS, norm_label
 
-from .test_app import write_checkpoint
+from .conftest import write_checkpoint
 
 CLIENTS = 16
 IMAGES_PER_CLIENT = 3
@@ -53,7 +53,7 @@ def images(tmp_path_factory) -> list[Path]:
 def server(tmp_path_factory):
     """``python app.py`` on a free loopback port, with four random-initialised checkpoints."""
     ckpts = tmp_path_factory.mktemp("load-ckpts")
-    for seed, norm in enumerate(NORM_NAMES):
+    for seed, norm in enumerate(NORMS):
         write_checkpoint(ckpts, "stripes", norm, seed)
     port = demo_app.free_port()
     args = [sys.executable, "app.py", "--checkpoints", ckpts, "--port", port, "--host", "127.0.0.1", "--device", "cpu"]
@@ -72,7 +72,7 @@ def server(tmp_path_factory):
 
 def check_result(result, shape) -> str | None:
     """None if ``result`` is one image per norm at the right size and aspect, else what is wrong."""
-    if [r["caption"].split(" · ")[0] for r in result] != [NORM_LABELS[n] for n in NORM_NAMES]:
+    if [r["caption"].split(" · ")[0] for r in result] != [norm_label(n) for n in NORMS]:
         return f"captions {[r['caption'] for r in result]}"
     for r in result:
         with Image.open(r["image"]) as out:

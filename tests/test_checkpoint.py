@@ -8,10 +8,12 @@ from safetensors.torch import save_file
 from styletransfer.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from styletransfer.errors import StyleTransferError
 from styletransfer.network import TransformerNet
-from styletransfer.norms import NORM_NAMES
+from styletransfer.norms import NORMS
+
+from .conftest import Exploit
 
 
-@pytest.mark.parametrize("norm", NORM_NAMES)
+@pytest.mark.parametrize("norm", NORMS)
 def test_metadata_alone_rebuilds_the_right_network(tmp_path, norm):
     torch.manual_seed(0)
     model = TransformerNet(norm).eval()
@@ -100,14 +102,6 @@ def test_tensors_of_another_network_are_refused(tmp_path):
     save_file(sd, tmp_path / "shape.safetensors", metadata=meta)
     with pytest.raises(StyleTransferError, match="do not fit"):
         load_checkpoint(tmp_path / "shape.safetensors").build_model()
-
-
-class Exploit:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
 
 
 def test_a_pickle_is_never_unpickled(tmp_path):

@@ -22,7 +22,9 @@ from styletransfer.data import StepBatches
 from styletransfer.distributed import Processes, device_for, from_environment
 from styletransfer.errors import StyleTransferError
 from styletransfer.network import TransformerNet
-from styletransfer.train import TrainConfig, read_log, train
+from styletransfer.config import TrainConfig
+from styletransfer.runs import read_log
+from styletransfer.train import train
 
 from .conftest import run_cli
 

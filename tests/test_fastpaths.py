@@ -9,9 +9,11 @@ from styletransfer.checkpoint import load_checkpoint
 from styletransfer.devices import cpu_has_fast_bf16, resolve_precision
 from styletransfer.errors import StyleTransferError
 from styletransfer.network import TransformerNet
-from styletransfer.norms import NORM_NAMES
+from styletransfer.norms import NORMS
 from styletransfer.stylize import Stylizer
-from styletransfer.train import TrainConfig, read_log, train
+from styletransfer.config import TrainConfig
+from styletransfer.runs import read_log
+from styletransfer.train import train
 
 
 def psnr(a, b):
@@ -30,16 +32,16 @@ def trained_like(norm):
     return model.eval()
 
 
-@pytest.mark.parametrize("norm", NORM_NAMES)
+@pytest.mark.parametrize("norm", NORMS)
 def test_bf16_stylisation_is_within_35_db_of_fp32(norm):
     x = torch.rand(1, 3, 64, 80)
     reference = trained_like(norm)(x)
-    fast = Stylizer.from_model(trained_like(norm), {"norm": norm}, "cpu", "bf16").stylize_tensor(x)
+    fast = Stylizer(trained_like(norm), {"norm": norm}, "cpu", "bf16").stylize_tensor(x)
     assert fast.shape == reference.shape
     assert psnr(fast, reference) > 35
 
 
-@pytest.mark.parametrize("norm", NORM_NAMES)
+@pytest.mark.parametrize("norm", NORMS)
 def test_channels_last_changes_nothing_in_fp32(norm):
     x = torch.rand(2, 3, 40, 36)
     reference = trained_like(norm)(x)
@@ -77,6 +79,6 @@ def test_precision_choice():
 
 def test_stylize_precision_flag_reaches_the_model(trained_runs, tmp_path):
     path = trained_runs["iebn"] / "checkpoint.safetensors"
-    assert Stylizer(path, "cpu", "fp32").dtype == torch.float32
-    assert Stylizer(path, "cpu", "bf16").dtype == torch.bfloat16
+    assert Stylizer.from_checkpoint(path, "cpu", "fp32").dtype == torch.float32
+    assert Stylizer.from_checkpoint(path, "cpu", "bf16").dtype == torch.bfloat16
     assert load_checkpoint(path).meta["config"]["precision"] == "auto"

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from styletransfer.instance_ops import instance_moments, instance_scale_shift
 from styletransfer.norms import IEBN2d, SqueezeExcite, make_norm
-from tests.test_norms import iebn_by_formula, randomised_iebn
+from .conftest import iebn_by_formula, randomised_iebn
 
 LAYOUTS = {
     "nchw": lambda x: x.contiguous(),

@@ -2,10 +2,10 @@ import pytest
 import torch
 
 from styletransfer.network import TransformerNet
-from styletransfer.norms import NORM_NAMES, IEBN2d
+from styletransfer.norms import NORMS, IEBN2d
 
 
-@pytest.mark.parametrize("norm", NORM_NAMES)
+@pytest.mark.parametrize("norm", NORMS)
 @pytest.mark.parametrize("size", [(33, 47), (16, 16), (5, 9), (1, 3)])
 def test_output_matches_input_size_for_any_shape(norm, size):
     model = TransformerNet(norm).eval()

@@ -4,24 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from styletransfer.norms import NORM_NAMES, BatchNormSE, IEBN2d, convert_bn_to_iebn, make_norm
+from styletransfer.norms import NORMS, BatchNormSE, IEBN2d, convert_bn_to_iebn, make_norm
 
-
-def iebn_by_formula(x, mean, var, gamma, beta, gamma_hat, beta_hat, eps=1e-5):
-    """The paper's equations written out directly."""
-    m = x.mean(dim=(2, 3))  # raw input, before normalisation
-    delta = torch.sigmoid(m * gamma_hat + beta_hat)
-    x_hat = (x - mean[None, :, None, None]) / torch.sqrt(var[None, :, None, None] + eps)
-    return x_hat * (gamma[None, :, None, None] * delta[:, :, None, None]) + beta[None, :, None, None]
-
-
-def randomised_iebn(channels=5):
-    torch.manual_seed(0)
-    layer = IEBN2d(channels)
-    with torch.no_grad():
-        for p in (layer.weight, layer.bias, layer.gate_weight, layer.gate_bias):
-            p.normal_()
-    return layer
+from .conftest import iebn_by_formula, randomised_iebn
 
 
 def test_iebn_training_matches_formula_with_batch_statistics():
@@ -111,7 +96,7 @@ def test_unknown_options_are_refused():
 
 
 def test_factory_maps_each_name_to_its_layer():
-    layers = {name: make_norm(name, 32) for name in NORM_NAMES}
+    layers = {name: make_norm(name, 32) for name in NORMS}
     assert type(layers["bn"]) is nn.BatchNorm2d
     assert isinstance(layers["in"], nn.InstanceNorm2d) and layers["in"].affine
     assert isinstance(layers["se"], BatchNormSE)

@@ -40,11 +40,11 @@ from styletransfer.errors import StyleTransferError, TrainingDiverged
 from styletransfer.loss import PerceptualLoss, load_vgg_features
 from styletransfer.network import TransformerNet
 from styletransfer.stylize import Stylizer
-from styletransfer.train import LossLog, TrainConfig, read_log, train
+from styletransfer.config import TrainConfig
+from styletransfer.runs import LossLog, read_log
+from styletransfer.train import train
 
-from .conftest import TINY, make_photo, run_cli
-from .test_app import write_checkpoint
-from .test_checkpoint import Exploit
+from .conftest import TINY, Exploit, make_photo, run_cli, write_checkpoint
 
 # ---------------------------------------------------------------- 1. bad images
 
@@ -373,7 +373,7 @@ def test_library_loaders_refuse_the_exploit(exploit, photos, style_image, tmp_pa
     source, marker = exploit
     evil, vgg, run = tmp_path / "evil.safetensors", tmp_path / "evil.pth", tmp_path / "run"
     plant(source, evil, vgg, run / "checkpoint.safetensors")
-    loaders = [load_checkpoint, read_metadata, Stylizer, lambda p: load_checkpoint(p, with_optimizer=True)]
+    loaders = [load_checkpoint, read_metadata, Stylizer.from_checkpoint, lambda p: load_checkpoint(p, with_optimizer=True)]
     for load in loaders:
         with pytest.raises(StyleTransferError, match="evil.safetensors: not a styletransfer checkpoint") as e:
             load(evil)
@@ -456,7 +456,7 @@ def test_checkpoints_that_do_not_fit_the_network_are_one_line_errors(trained_run
     run.mkdir()
     bad = resave(trained_runs["in"] / "checkpoint.safetensors", run / "checkpoint.safetensors", MISMATCHES[mismatch])
     with pytest.raises(StyleTransferError, match="checkpoint.safetensors: checkpoint tensors do not fit a in network"):
-        Stylizer(bad, "cpu")
+        Stylizer.from_checkpoint(bad, "cpu")
     for args in (["stylize", next(photos.glob("*.png")), "-m", bad, "-o", tmp_path / "o.png"],
                  ["train", "--out", run, "--resume", "--iterations", "6"]):  # fmt: skip
         capsys.readouterr()
@@ -580,7 +580,7 @@ def test_training_killed_at_any_moment_resumes_without_loss(photos, style_image,
     assert proc.wait(timeout=120) == 0, (tmp_path / "last.txt").read_text()
     assert "Traceback" not in (tmp_path / "last.txt").read_text()
     assert logged_steps(run) == list(range(1, 13)) and checkpoint_step(run) == 12
-    assert Stylizer(run / "checkpoint.safetensors", "cpu").norm == "in"
+    assert Stylizer.from_checkpoint(run / "checkpoint.safetensors", "cpu").norm == "in"
     assert not list(run.glob(".*.tmp"))  # the half-written file was cleared away on resuming
 
 

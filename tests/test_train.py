@@ -10,7 +10,9 @@ import torch
 
 from styletransfer.checkpoint import load_checkpoint
 from styletransfer.errors import StyleTransferError
-from styletransfer.train import TrainConfig, read_log, train
+from styletransfer.config import TrainConfig
+from styletransfer.runs import read_log
+from styletransfer.train import train
 
 from .conftest import TINY, run_cli
 
