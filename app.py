@@ -23,8 +23,8 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image
 
-from styletransfer.compare import find_checkpoints
-from styletransfer.data import IMAGE_SUFFIXES, load_image
+from styletransfer.compare import scan_checkpoints
+from styletransfer.data import IMAGE_SUFFIXES, load_image, resize_long_side
 from styletransfer.devices import pick_device
 from styletransfer.errors import StyleTransferError
 from styletransfer.norms import NORMS, norm_label
@@ -58,7 +58,8 @@ class StyleLibrary:
         self.folder, self.styles_dir = Path(checkpoints_dir), Path(styles_dir)
         self.device = str(pick_device(device))
         self.by_style: dict[str, dict[str, tuple[Path, dict]]] = {}
-        for path, meta in find_checkpoints(self.folder):  # ordered, so the first of duplicates wins
+        found, self.skipped = scan_checkpoints(self.folder)  # files that are not valid checkpoints are skipped
+        for path, meta in found:  # ordered, so the first of duplicates wins
             style = meta.get("style") or path.parent.name
             self.by_style.setdefault(style, {}).setdefault(meta["norm"], (path, meta))
         self.loaded: dict[Path, Stylizer] = {}
@@ -219,12 +220,12 @@ def upload_path(content: str | dict | None) -> Path | None:
 
 def checked_size(size: float) -> int:
     try:
-        size = int(round(float(size)))
+        size = float(size)
     except (TypeError, ValueError):
         raise user_error(f"output size must be a number of pixels, not {size!r}") from None
-    if not SIZE_MIN <= size <= SIZE_MAX:
-        raise user_error(f"output size {size} is out of range; choose {SIZE_MIN} to {SIZE_MAX} pixels")
-    return size
+    if not SIZE_MIN <= size <= SIZE_MAX:  # NaN fails this too
+        raise user_error(f"output size {size:g} is out of range; choose {SIZE_MIN} to {SIZE_MAX} pixels")
+    return int(round(size))
 
 
 def load_content(path: Path, size: int) -> Image.Image:
@@ -233,9 +234,7 @@ def load_content(path: Path, size: int) -> Image.Image:
         image = load_image(path, max_size=size)
     except StyleTransferError as e:  # name the upload, not its place in the server's cache
         raise StyleTransferError(str(e).replace(str(path), path.name, 1)) from None
-    scale = size / max(image.size)
-    target = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    return image if target == image.size else image.resize(target, Image.Resampling.LANCZOS)
+    return resize_long_side(image, size)
 
 
 def file_stem(path: Path) -> str:
@@ -373,6 +372,8 @@ def main(argv: list[str] | None = None) -> None:
         app = build_app(args.checkpoints, args.styles, args.device, args.max_concurrency)
     except StyleTransferError as e:
         sys.exit(f"error: {e}")
+    for line in app.demo.library.skipped:
+        print(f"warning: skipped {line}", file=sys.stderr, flush=True)
     print(found_line(app.demo.library), flush=True)
     host = "0.0.0.0" if args.listen else args.host
     try:

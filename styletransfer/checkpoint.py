@@ -10,6 +10,7 @@ half-written checkpoint under the real name.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -41,8 +42,14 @@ class Checkpoint:
     path: Path | None = None
 
     def build_model(self, device: str | torch.device = "cpu") -> TransformerNet:
-        """The network described by the metadata, with these weights, in eval mode."""
-        model = TransformerNet(self.meta["norm"], self.meta.get("norm_options"))
+        """The network described by the metadata, with these weights, in eval mode.
+
+        Raises StyleTransferError when the metadata's norm options or the tensors do not fit.
+        """
+        try:
+            model = TransformerNet(self.meta["norm"], self.meta.get("norm_options"))
+        except (ValueError, TypeError) as e:  # the layer's own check of its option values
+            raise _invalid(self.path, "norm_options", one_line(e)) from None
         self.load_into(model)
         return model.to(device).eval()
 
@@ -213,14 +220,102 @@ class _open_safetensors:
 
 
 def _parse_metadata(path: Path, raw: dict | None) -> dict:
+    """The checkpoint's metadata, checked against :data:`METADATA_SCHEMA` (it is untrusted input)."""
     try:
         meta = json.loads((raw or {})[META_KEY])
     except (KeyError, json.JSONDecodeError, TypeError):
         raise StyleTransferError(f"{path}: a safetensors file, but not a styletransfer checkpoint (no metadata)") from None
+    if not isinstance(meta, dict):
+        raise _invalid(path, "metadata", f"a JSON {type(meta).__name__}, not an object")
     if meta.get("format") != FORMAT:
         raise StyleTransferError(f"{path}: not a styletransfer checkpoint (format {meta.get('format')!r})")
-    if meta.get("version", 0) > FORMAT_VERSION:
-        raise StyleTransferError(f"{path}: checkpoint format {meta['version']} is newer than this styletransfer")
+    version = meta.get("version", 0)
+    if _is_int(version) and version > FORMAT_VERSION:
+        raise StyleTransferError(f"{path}: checkpoint format {version} is newer than this styletransfer")
     if meta.get("norm") not in NORMS:
         raise StyleTransferError(f"{path}: checkpoint names an unknown norm {meta.get('norm')!r}")
+    for name, value in meta.items():
+        problem = _field_problem(name, value, meta)
+        if problem:
+            raise _invalid(path, name, problem)
     return meta
+
+
+def _invalid(path: Path, field_name: str, problem: str) -> StyleTransferError:
+    return StyleTransferError(f"{path}: not a valid styletransfer checkpoint: {field_name} ({problem})")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def _is_text(value) -> bool:
+    return isinstance(value, str)
+
+
+def _is_text_or_none(value) -> bool:
+    return value is None or isinstance(value, str)
+
+
+def _is_count(value) -> bool:
+    return _is_int(value) and value >= 0
+
+
+def _is_size(value) -> bool:
+    return _is_int(value) and value >= 1
+
+
+def _is_losses(value) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and _is_number(v) for k, v in value.items())
+
+
+def _is_curve(value) -> bool:
+    """``{"step": [...], "content": [...], ...}``: lists of numbers of one length, steps whole."""
+    if not isinstance(value, dict) or not value:
+        return isinstance(value, dict)
+    columns = list(value.values())
+    return (
+        all(isinstance(c, list) and all(_is_number(v) for v in c) for c in columns)
+        and len({len(c) for c in columns}) == 1
+        and all(_is_int(v) for v in value.get("step", []))
+    )
+
+
+def _is_object(value) -> bool:
+    return isinstance(value, dict)
+
+
+# Every metadata field a checkpoint may hold: (check, what it must be). Others are refused.
+METADATA_SCHEMA = {
+    "format": (_is_text, "text"),
+    "version": (_is_size, "a whole number >= 1"),
+    "norm": (_is_text, "a norm name"),
+    "norm_options": (_is_object, "an object of the norm's options"),
+    "style": (_is_text, "text"),
+    "style_credit": (_is_text_or_none, "text or null"),
+    "step": (_is_count, "a whole number >= 0"),
+    "image_size": (_is_size, "a whole number of pixels >= 1"),
+    "vgg": (_is_text, "text"),
+    "losses": (_is_losses, "an object of finite numbers"),
+    "history": (_is_curve, "an object of equally long lists of numbers"),
+    "config": (_is_object, "an object of training settings"),
+    "optimizer": (_is_object, "an object"),
+}
+
+
+def _field_problem(name: str, value, meta: dict) -> str | None:
+    """What is wrong with one metadata field, or None."""
+    if name not in METADATA_SCHEMA:
+        return "not a field of styletransfer checkpoints"
+    check, expected = METADATA_SCHEMA[name]
+    if not check(value):
+        return f"must be {expected}, not {json.dumps(value)[:60]}"
+    if name == "norm_options":
+        unknown = sorted(set(value) - set(NORMS[meta["norm"]].options))
+        if unknown:
+            return f"{meta['norm']} takes no option {', '.join(unknown)}"
+    return None

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .config import TrainConfig
-from .errors import StyleTransferError, TrainingDiverged, TrainingInterrupted
+from .errors import StyleTransferError, TrainingDiverged, TrainingInterrupted, one_line_warning
 
 __all__ = ["app", "main"]
 
@@ -36,7 +36,7 @@ DEFAULT_CHECKPOINTS = Path("checkpoints")
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: every StyleTransferError becomes one line on stderr and exit code 1."""
-    previous_format, warnings.formatwarning = warnings.formatwarning, _one_line_warning
+    previous_format, warnings.formatwarning = warnings.formatwarning, one_line_warning
     try:
         app(args=argv, prog_name="styletransfer")
     except TrainingInterrupted as e:
@@ -54,11 +54,6 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     finally:
         warnings.formatwarning = previous_format
-
-
-def _one_line_warning(message, category, filename, lineno, line=None) -> str:
-    """Warnings (such as a skipped training photo) as one line, without the source line."""
-    return f"warning: {' '.join(str(message).split())}\n"
 
 
 def _process_rank() -> int:
@@ -175,9 +170,10 @@ def compare(
     from .compare import compare as make_grid
     from .compare import resolve_models
     from .data import load_image
-    from .stylize import Stylizer, output_format, save_image
+    from .stylize import Stylizer, output_format, refuse_overwriting_inputs, save_image
 
     output_format(output)
+    refuse_overwriting_inputs(output, contents)
     if size < 16:
         raise StyleTransferError("--size must be at least 16")
     stylizers = [Stylizer.from_checkpoint(p, device) for p in resolve_models(models, checkpoints)]
@@ -209,14 +205,18 @@ def list_checkpoints(
     folder: Annotated[Path, typer.Argument(help="Folder searched for .safetensors checkpoints.")] = DEFAULT_CHECKPOINTS,
 ) -> None:
     """Show the checkpoints in a folder: style, norm, iterations, training size, final losses."""
-    from .compare import find_checkpoints
+    from .compare import scan_checkpoints
     from .norms import norm_label
     from .runs import train_hint
 
-    found = find_checkpoints(folder)
+    found, skipped = scan_checkpoints(folder)
     if not found:
-        err.print(f"no checkpoints in {folder}; train one with: {train_hint(folder)[0]}", soft_wrap=True, highlight=False)
+        why = f" (skipped {len(skipped)} file(s): {skipped[0]})" if skipped else ""
+        err.print(f"no checkpoints in {folder}{why}; train one with: {train_hint(folder)[0]}", soft_wrap=True,
+                  highlight=False)  # fmt: skip
         raise typer.Exit(1)
+    for line in skipped:
+        err.print(f"[yellow]warning:[/yellow] skipped {line}", soft_wrap=True, highlight=False)
     table = Table(title=f"checkpoints in {folder}")
     for col in ("file", "style", "norm", "iterations", "image size", "content", "style loss", "VGG"):
         table.add_column(col)
@@ -248,10 +248,13 @@ def export(
     import torch
 
     from .checkpoint import load_checkpoint, save_checkpoint
-    from .runs import export_log
+    from .runs import export_log, exported_log_path
+    from .stylize import refuse_overwriting_inputs
 
     if output.suffix != ".safetensors":
         raise StyleTransferError(f"{output}: the exported file must end in .safetensors")
+    refuse_overwriting_inputs(output, [checkpoint])
+    refuse_overwriting_inputs(exported_log_path(output), [checkpoint.parent / "losses.jsonl"])
     ckpt = load_checkpoint(checkpoint)
     meta = {k: v for k, v in ckpt.meta.items() if k not in ("format", "version", "optimizer")}
     save_checkpoint(output, ckpt.build_model(), meta, dtype=torch.float16 if half else None)

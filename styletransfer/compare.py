@@ -11,7 +11,7 @@ from .errors import StyleTransferError
 from .norms import NORMS
 from .stylize import Stylizer
 
-__all__ = ["compare", "comparison_grid", "find_checkpoints", "resolve_models"]
+__all__ = ["compare", "comparison_grid", "find_checkpoints", "resolve_models", "scan_checkpoints"]
 
 CAPTION_HEIGHT = 36
 GAP = 6
@@ -20,17 +20,22 @@ TEXT = (20, 20, 20)
 
 
 def find_checkpoints(folder: str | Path = "checkpoints") -> list[tuple[Path, dict]]:
-    """Every readable checkpoint under ``folder`` (searched recursively) with its metadata,
-    ordered by style, then norm in the order of the norm table; unreadable files are left out."""
+    """Every valid checkpoint under ``folder`` (searched recursively) with its metadata,
+    ordered by style, then norm in the order of the norm table; other files are left out."""
+    return scan_checkpoints(folder)[0]
+
+
+def scan_checkpoints(folder: str | Path = "checkpoints") -> tuple[list[tuple[Path, dict]], list[str]]:
+    """As :func:`find_checkpoints`, and one error line for each ``.safetensors`` file left out."""
     folder = Path(folder)
-    found = []
+    found, skipped = [], []
     for path in sorted(folder.rglob("*.safetensors")) if folder.is_dir() else []:
         try:
             found.append((path, read_metadata(path)))
-        except StyleTransferError:
-            continue
+        except StyleTransferError as e:
+            skipped.append(str(e))
     order = {n: i for i, n in enumerate(NORMS)}
-    return sorted(found, key=lambda pm: (pm[1].get("style", ""), order[pm[1]["norm"]], str(pm[0])))
+    return sorted(found, key=lambda pm: (pm[1].get("style", ""), order[pm[1]["norm"]], str(pm[0]))), skipped
 
 
 def resolve_models(names: list[str], folder: str | Path = "checkpoints") -> list[Path]:
@@ -81,8 +86,11 @@ def comparison_grid(rows: list[list[Image.Image]], captions: list[str]) -> Image
 def compare(contents: list[Image.Image], stylizers: list[Stylizer], cell: int = 384) -> Image.Image:
     """A grid with one row per content image: the content, then each model's stylisation.
 
-    Each cell is the image centre-cropped to a square of ``cell`` pixels.
+    Each cell is the image centre-cropped to a square of ``cell`` pixels (at least 16).
+    Raises StyleTransferError for a smaller cell, or a model that runs out of memory.
     """
+    if cell < 16:
+        raise StyleTransferError(f"cells must be at least 16 pixels, not {cell}")
     rows = []
     for content in contents:
         content = _fit(content, cell)

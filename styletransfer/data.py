@@ -19,13 +19,19 @@ from torch.utils.data import Dataset
 from .errors import StyleTransferError, one_line
 
 __all__ = [
-    "IMAGE_SUFFIXES", "MAX_PIXELS", "ContentImages", "StepBatches", "find_images", "image_to_tensor", "load_image",
-    "tensor_to_image",
+    "IMAGE_SUFFIXES", "MAX_PIXELS", "MIN_STYLE_SIDE", "ContentImages", "StepBatches", "find_images", "image_to_tensor",
+    "load_image", "load_style_image", "resize_long_side", "scaled_size", "tensor_to_image",
 ]  # fmt: skip
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 # Pillow's own default (about 89 megapixels); past it a file is refused, not decoded.
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+# The loss network pools the style image 4 times (VGG19 relu5_1 is 1/16 of it): its short side
+# must be at least this many pixels.
+MIN_STYLE_SIDE = 16
+# Training crops of very elongated photos are taken from a window of at most this aspect ratio,
+# so scaling the short side to the crop size never makes a huge intermediate image.
+MAX_CROP_ASPECT = 8
 
 
 def load_image(path: str | Path, max_size: int | None = None) -> Image.Image:
@@ -49,6 +55,8 @@ def load_image(path: str | Path, max_size: int | None = None) -> Image.Image:
         raise StyleTransferError(f"{path}: image too large (over {MAX_PIXELS:,} pixels)") from None
     except Image.UnidentifiedImageError:
         raise StyleTransferError(f"{path}: not an image file (or a format Pillow cannot read)") from None
+    except MemoryError:
+        raise StyleTransferError(f"{path}: out of memory decoding this image; choose a smaller one") from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         raise StyleTransferError(f"{path}: cannot read image ({one_line(e)})") from None
 
@@ -80,8 +88,38 @@ def _to_rgb(img: Image.Image, max_size: int | None = None) -> Image.Image:
     elif img.mode != "RGB":
         img = img.convert("RGB")
     if max_size and max(img.size) > max_size:
-        img = ImageOps.contain(img, (max_size, max_size), Image.Resampling.LANCZOS)
+        img = resize_long_side(img, max_size)
     return img
+
+
+def scaled_size(size: tuple[int, int], long_side: int) -> tuple[int, int]:
+    """``size`` (width, height) scaled so its long side is ``long_side`` pixels (>= 1), the aspect
+    ratio kept as closely as whole pixels allow; no side is ever below 1 pixel."""
+    w, h = size
+    scale = long_side / max(w, h)
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def resize_long_side(img: Image.Image, long_side: int) -> Image.Image:
+    """``img`` scaled up or down (Lanczos) so its long side is ``long_side`` pixels."""
+    size = scaled_size(img.size, long_side)
+    return img if size == img.size else img.resize(size, Image.Resampling.LANCZOS)
+
+
+def load_style_image(path: str | Path, long_side: int) -> Image.Image:
+    """The style image scaled up or down so its long side is ``long_side`` pixels.
+
+    Raises StyleTransferError when the scaled short side would be under :data:`MIN_STYLE_SIDE`
+    pixels (a very elongated image), besides :func:`load_image`'s errors.
+    """
+    img = load_image(path, max_size=long_side)
+    w, h = scaled_size(img.size, long_side)
+    if min(w, h) < MIN_STYLE_SIDE:
+        raise StyleTransferError(
+            f"{path}: this style image is {w}x{h} pixels at --style-size {long_side}, and the loss network needs "
+            f"at least {MIN_STYLE_SIDE} on the short side; use a less elongated image or a larger --style-size"
+        )
+    return resize_long_side(img, long_side)
 
 
 def _high_bit_depth_to_rgb(img: Image.Image) -> Image.Image:
@@ -117,6 +155,7 @@ def find_images(folder: str | Path) -> list[Path]:
 
 def _random_crop(img: Image.Image, size: int, rng: random.Random) -> Image.Image:
     """Scale the short side to ``size``, then take a random ``size`` x ``size`` crop, maybe mirrored."""
+    img = _limit_aspect(img, rng)
     w, h = img.size
     scale = size / min(w, h)
     img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BILINEAR)
@@ -126,6 +165,19 @@ def _random_crop(img: Image.Image, size: int, rng: random.Random) -> Image.Image
     if rng.random() < 0.5:
         img = ImageOps.mirror(img)
     return img
+
+
+def _limit_aspect(img: Image.Image, rng: random.Random) -> Image.Image:
+    """A random window of at most :data:`MAX_CROP_ASPECT` : 1 of a very elongated photo (others as they are)."""
+    w, h = img.size
+    long = MAX_CROP_ASPECT * min(w, h)
+    if max(w, h) <= long:
+        return img
+    if w > h:
+        left = rng.randint(0, w - long)
+        return img.crop((left, 0, left + long, h))
+    top = rng.randint(0, h - long)
+    return img.crop((0, top, w, top + long))
 
 
 class ContentImages(Dataset):

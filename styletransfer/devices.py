@@ -8,7 +8,13 @@ import torch
 
 from .errors import StyleTransferError
 
-__all__ = ["PRECISIONS", "autocast", "cpu_has_fast_bf16", "pick_device", "resolve_precision"]
+__all__ = [
+    "PRECISIONS", "autocast", "cpu_has_fast_bf16", "is_out_of_memory", "pick_device", "release_memory",
+    "resolve_precision",
+]  # fmt: skip
+
+# How torch's CPU allocator, oneDNN and others say they ran out of memory (CUDA has its own type).
+OUT_OF_MEMORY_MESSAGES = ("can't allocate memory", "could not create a primitive", "out of memory", "not enough memory")
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -67,3 +73,16 @@ def autocast(device: torch.device, dtype: torch.dtype):
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` says the device (CPU or GPU) ran out of memory."""
+    if isinstance(e, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    return isinstance(e, RuntimeError) and any(text in str(e) for text in OUT_OF_MEMORY_MESSAGES)
+
+
+def release_memory(device: torch.device) -> None:
+    """Give cached memory back after an out-of-memory error, so the next input has it."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

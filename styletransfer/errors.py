@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["StyleTransferError", "TrainingDiverged", "TrainingInterrupted", "cannot_write", "one_line"]
+__all__ = [
+    "OutOfMemory", "StyleTransferError", "TrainingDiverged", "TrainingInterrupted", "cannot_write", "one_line",
+    "one_line_warning",
+]  # fmt: skip
 
 
 class StyleTransferError(Exception):
@@ -19,6 +22,10 @@ class TrainingDiverged(StyleTransferError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+class OutOfMemory(StyleTransferError):
+    """One input was too big for the memory available; the memory was released and others may go on."""
+
+
 def one_line(e: BaseException, limit: int = 200) -> str:
     """The text of ``e`` on one line (white space folded), cut to ``limit`` characters."""
     text = " ".join(str(e).split()) or type(e).__name__
@@ -31,3 +38,8 @@ def cannot_write(path: str | Path, e: OSError, detail: str = "") -> StyleTransfe
     ``detail`` is appended as it is, e.g. ``" at step 5"`` or ``"; the previous version is kept"``.
     """
     return StyleTransferError(f"{path}: cannot write ({e.strerror or one_line(e)}){detail}")
+
+
+def one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """``warnings.formatwarning`` for users: "warning: <message>" on one line, no source line."""
+    return f"warning: {' '.join(str(message).split())}\n"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,10 +12,13 @@ from PIL import Image
 
 from .checkpoint import load_checkpoint, model_label
 from .data import IMAGE_SUFFIXES, find_images, image_to_tensor, load_image, tensor_to_image
-from .devices import autocast, pick_device, resolve_precision
-from .errors import StyleTransferError, cannot_write
+from .devices import autocast, is_out_of_memory, pick_device, release_memory, resolve_precision
+from .errors import OutOfMemory, StyleTransferError, cannot_write
 
-__all__ = ["FileResult", "OUTPUT_FORMATS", "Stylizer", "output_format", "save_image", "stylize_files"]
+__all__ = [
+    "FileResult", "OUTPUT_FORMATS", "Stylizer", "output_format", "plan_outputs", "refuse_overwriting_inputs",
+    "save_image", "stylize_files",
+]  # fmt: skip
 
 OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 
@@ -54,15 +59,34 @@ class Stylizer:
 
     @torch.inference_mode()
     def stylize_tensor(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [0, 1] to stylised (B, 3, H, W) in [0, 1] (float32), any H and W."""
-        x = images.to(self.device).contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, self.dtype):
-            y = self.model(x)
-        return y.float()
+        """(B, 3, H, W) in [0, 1] to stylised (B, 3, H, W) in [0, 1] (float32), any H and W >= 1.
+
+        Raises :class:`~styletransfer.errors.OutOfMemory` (a StyleTransferError) when the
+        device runs out of memory; the memory is released, so smaller images still work.
+        """
+        with self._memory_is_an_error(images.shape):
+            x = images.to(self.device).contiguous(memory_format=torch.channels_last)
+            with autocast(self.device, self.dtype):
+                y = self.model(x)
+            return y.float()
 
     def stylize(self, image: Image.Image) -> Image.Image:
-        """An RGB image in, its stylisation (same size) out."""
-        return tensor_to_image(self.stylize_tensor(image_to_tensor(image)[None])[0])
+        """An RGB image in, its stylisation (same size) out; OutOfMemory as :meth:`stylize_tensor`."""
+        with self._memory_is_an_error((1, 3, image.height, image.width)):
+            return tensor_to_image(self.stylize_tensor(image_to_tensor(image)[None])[0])
+
+    @contextmanager
+    def _memory_is_an_error(self, shape):
+        try:
+            yield
+        except (RuntimeError, MemoryError) as e:
+            if not is_out_of_memory(e):
+                raise
+            release_memory(self.device)
+            raise OutOfMemory(
+                f"out of memory stylising {shape[0]} image(s) of {shape[-1]}x{shape[-2]} pixels on {self.device}; "
+                "choose a smaller size (--max-size)"
+            ) from None
 
 
 def output_format(path: Path) -> str:
@@ -102,15 +126,58 @@ def _names_a_file(out: Path) -> bool:
     return out.suffix.lower() in OUTPUT_FORMATS or out.suffix.lower() in IMAGE_SUFFIXES
 
 
-def _plan_outputs(inputs: list[Path], given: list[Path], out: Path, suffix: str) -> list[Path]:
-    """Where each input goes: ``out`` itself for one file named with an image extension,
-    else ``out/<name>-<suffix>.png``, keeping sub-folders of a given folder."""
+def plan_outputs(inputs: list[Path], given: list[Path], out: Path, suffix: str) -> list[Path]:
+    """Where each input image goes, decided before anything is written.
+
+    ``out`` itself for one file given and ``out`` named like an image; else
+    ``out/<sub-folder>/<name>-<suffix>.png``, keeping the sub-folders of a given folder. The
+    paths returned are distinct and none is an input: inputs that would share a name keep their
+    extension in it (``photo-jpg-...``, ``photo-png-...``), and a name still taken gets ``-2``,
+    ``-3``, ... Raises StyleTransferError for an output file name with several inputs, or an
+    output that is the input itself.
+    """
     if len(inputs) == 1 and len(given) == 1 and not given[0].is_dir() and _names_a_file(out):
         output_format(out)
+        refuse_overwriting_inputs(out, inputs)
         return [out]
     if _names_a_file(out):
         raise StyleTransferError(f"{out}: several inputs need an output folder, not a file name")
-    return [out / _relative_folder(p, given) / f"{p.stem}-{suffix}.png" for p in inputs]
+    wanted = [out / _relative_folder(p, given) / f"{p.stem}-{suffix}.png" for p in inputs]
+    return _distinct(inputs, wanted, suffix)
+
+
+def _distinct(inputs: list[Path], wanted: list[Path], suffix: str) -> list[Path]:
+    """``wanted`` made distinct from each other and from every input."""
+    shared = {w for w, count in Counter(wanted).items() if count > 1}
+    taken = {_same_file_key(p) for p in inputs}
+    planned = []
+    for p, w in zip(inputs, wanted):
+        if w in shared:
+            w = w.with_name(f"{p.stem}-{p.suffix.lstrip('.').lower()}-{suffix}.png")
+        w = _first_free(w, taken)
+        taken.add(_same_file_key(w))
+        planned.append(w)
+    return planned
+
+
+def _first_free(path: Path, taken: set[Path]) -> Path:
+    """``path``, or ``path`` with ``-2``, ``-3``, ... before its extension, whichever is not taken."""
+    candidate, n = path, 1
+    while _same_file_key(candidate) in taken:
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return candidate
+
+
+def _same_file_key(path: Path) -> Path:
+    """A key equal for two paths to the same file (relative or absolute, through links)."""
+    return Path(path).resolve()
+
+
+def refuse_overwriting_inputs(output: Path, inputs: list[Path]) -> None:
+    """StyleTransferError if writing ``output`` would replace one of the command's own ``inputs``."""
+    if _same_file_key(output) in {_same_file_key(p) for p in inputs}:
+        raise StyleTransferError(f"{output}: is also an input; choose another output name")
 
 
 def _relative_folder(path: Path, given: list[Path]) -> Path:
@@ -140,13 +207,18 @@ def stylize_files(stylizer: Stylizer, inputs: list[Path], out: Path, max_size: i
     Raises StyleTransferError only for problems with the whole call (an empty folder, an
     output file name for several inputs).
     """
+    if max_size is not None and max_size < 1:
+        raise StyleTransferError(f"max_size must be at least 1 pixel (or None), not {max_size}")
     files = _expand_inputs(inputs)
-    outputs = _plan_outputs(files, inputs, out, f"{stylizer.style}-{stylizer.norm}")
-    results = []
-    for src, dst in zip(files, outputs):
-        try:
-            save_image(stylizer.stylize(load_image(src, max_size)), dst)
-            results.append(FileResult(src, dst))
-        except StyleTransferError as e:
-            results.append(FileResult(src, dst, str(e)))
-    return results
+    outputs = plan_outputs(files, inputs, out, f"{stylizer.style}-{stylizer.norm}")
+    return [_stylize_file(stylizer, src, dst, max_size) for src, dst in zip(files, outputs)]
+
+
+def _stylize_file(stylizer: Stylizer, src: Path, dst: Path, max_size: int | None) -> FileResult:
+    try:
+        save_image(stylizer.stylize(load_image(src, max_size)), dst)
+        return FileResult(src, dst)
+    except OutOfMemory as e:
+        return FileResult(src, dst, f"{src}: {e}")
+    except StyleTransferError as e:
+        return FileResult(src, dst, str(e))

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .data import ContentImages, StepBatches, image_to_tensor, load_image
+from .data import ContentImages, StepBatches, image_to_tensor, load_style_image
 from .devices import autocast, resolve_precision
 from .distributed import (
     Processes,
@@ -37,7 +37,7 @@ from .distributed import (
     wait_for_all,
     wrap,
 )
-from .errors import StyleTransferError, TrainingDiverged, TrainingInterrupted
+from .errors import StyleTransferError, TrainingDiverged, TrainingInterrupted, one_line
 from .loss import RANDOM_WEIGHTS, LossWeights, PerceptualLoss, load_vgg_features
 from .network import TransformerNet
 from .norms import NORMS
@@ -97,13 +97,23 @@ def start_run(options: dict, resume: bool, console: Console) -> tuple[TrainConfi
         checkpoint = load_checkpoint(ckpt_path, with_optimizer=True)
         if checkpoint.optimizer_state is None:
             raise StyleTransferError(f"{ckpt_path}: holds no optimiser state, so it cannot be resumed")
-        return TrainConfig.from_metadata(checkpoint.meta["config"]).resumed_with(options), checkpoint
+        return saved_config(checkpoint).resumed_with(options), checkpoint
     if resume:
         console.print(f"{ckpt_path} not found: starting {run_dir} from step 0")
     missing = [f"--{n.replace('_', '-')}" for n in ("style", "content_dir") if options.get(n) is None]
     if missing:
         raise StyleTransferError(f"train needs {' and '.join(missing)}")
     return TrainConfig(**options), None
+
+
+def saved_config(checkpoint: Checkpoint) -> TrainConfig:
+    """The training config stored in a run's checkpoint; StyleTransferError if it is not a valid one."""
+    try:
+        cfg = TrainConfig.from_metadata(checkpoint.meta.get("config") or {})
+        cfg.validate()
+    except (TypeError, StyleTransferError) as e:
+        raise StyleTransferError(f"{checkpoint.path}: not a valid styletransfer checkpoint: config ({one_line(e)})") from None
+    return cfg
 
 
 @dataclass
@@ -171,7 +181,7 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, checkpoint: Checkp
 
 def build_loss(cfg: TrainConfig, device, memory_format) -> PerceptualLoss:
     """The perceptual loss against the style image, on ``device``."""
-    style_image = load_image(cfg.style, max_size=cfg.style_size)
+    style_image = load_style_image(cfg.style, cfg.style_size)
     return PerceptualLoss(
         load_vgg_features(cfg.vgg, cfg.vgg_weights),
         image_to_tensor(style_image).to(device),
