@@ -1,13 +1,19 @@
-"""Evaluation: content and style distance on held-out photos, for models and other tools' outputs.
+"""``styletransfer evaluate``: content and style distance on held-out photos, for models and other tools' outputs.
 
 Everything runs on an untrained VGG (``random``, seeded inside the evaluation) and tiny images.
 """
 
 from __future__ import annotations
 
+import csv
 import io
+import json
+import math
+import os
 import random
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -202,3 +208,92 @@ def test_the_progress_bar_counts_photos_times_models(ckpts, photos):
     console = Console(file=buf, force_terminal=True, width=100)
     score(photos, [str(c) for c in ckpts], [], size=48, limit=2, console=console)
     assert "4/4" in buf.getvalue()  # 2 photos x 2 models
+
+
+# --- the command ----------------------------------------------------------------------------
+
+
+def test_cli_prints_the_table_and_writes_csv_json_and_grid(ckpts, photos, tmp_path, capsys):
+    files = {k: tmp_path / f"scores.{k}" for k in ("csv", "json")} | {"grid": tmp_path / "grid.png"}
+    args = ["evaluate", photos, "-m", ckpts[0], "-m", ckpts[1], "--vgg-weights", "random", "--size", "64"]
+    assert run_cli(*args, "--csv", files["csv"], "--json", files["json"], "--grid", files["grid"]) == 0
+    out, err = capsys.readouterr()
+    assert "content distance" in out and "style distance" in out and "BN · stripes" in out and "IEBN · stripes" in out
+    assert "Traceback" not in err
+
+    rows = list(csv.DictReader(files["csv"].open()))
+    per_photo = [r for r in rows if r["stat"] == "value"]
+    assert len(per_photo) == 12 and len([r for r in rows if r["stat"] == "mean"]) == 2
+    doc = json.loads(files["json"].read_text())
+    assert [s["n"] for s in doc["summary"]] == [6, 6] and len(doc["photos"]) == 12
+    for s in doc["summary"]:
+        mine = [float(r["content_distance"]) for r in per_photo if r["model"] == s["model"]]
+        mean = s["metrics"]["content_distance"]["mean"]
+        assert mean == pytest.approx(math.fsum(mine) / 6, rel=1e-6)
+        sd = np.std(mine, ddof=1)
+        assert s["metrics"]["content_distance"]["stderr"] == pytest.approx(sd / math.sqrt(6), rel=1e-5)
+        csv_mean = next(r for r in rows if r["stat"] == "mean" and r["model"] == s["model"])
+        assert float(csv_mean["style_distance"]) == pytest.approx(s["metrics"]["style_distance"]["mean"], rel=1e-9)
+        assert s["loss_settings"]["vgg"] == "vgg16" and s["loss_settings"]["style_size"] == 64
+    grid = Image.open(files["grid"])
+    assert grid.width > 3 * 64 and grid.height > 4 * 64  # photo + 2 models, 4 photos
+
+
+def test_cli_help_shows_an_example(capsys):
+    assert run_cli("evaluate", "--help") == 0
+    out = capsys.readouterr().out
+    assert "Example: styletransfer evaluate" in out and "--outputs" in out and "--style-size" in out
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["MISSING", "-m", "MODEL"], "no such folder of photos"),
+        (["EMPTY", "-m", "MODEL"], "no images"),
+        (["BROKEN", "-m", "MODEL"], "unreadable image"),
+        (["PHOTOS", "-m", "NOT_A_MODEL"], "not a styletransfer checkpoint"),
+        (["PHOTOS", "-m", "nosuchstyle", "--checkpoints", "EMPTY"], "neither a checkpoint file nor a style name"),
+        (["PHOTOS"], "nothing to evaluate"),
+        (["PHOTOS", "--outputs", "PHOTOS"], "needs the style image"),
+        (["PHOTOS", "--outputs", "MISSING", "--style", "STYLE"], "no such folder of stylised images"),
+        (["PHOTOS", "--outputs", "EMPTY", "--style", "STYLE"], "no image here is named after a photo"),
+        (["PHOTOS", "-m", "MODEL", "--style", "MISSING"], "no such style image"),
+        (["PHOTOS", "-m", "MODEL", "--grid", "GIF"], "unknown output type"),
+        (["PHOTOS", "-m", "MODEL", "--size", "8"], "at least 16"),
+    ],
+)
+def test_cli_bad_input_is_one_line(args, message, ckpts, photos, style_image, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    make_photo(tmp_path / "broken" / "good.png")
+    (tmp_path / "broken" / "bad.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    (tmp_path / "bad.safetensors").write_bytes(b"junk")
+    subst = {
+        "MODEL": ckpts[0], "PHOTOS": photos, "STYLE": style_image, "MISSING": tmp_path / "nope",
+        "EMPTY": tmp_path / "empty", "BROKEN": tmp_path / "broken", "NOT_A_MODEL": tmp_path / "bad.safetensors",
+        "GIF": tmp_path / "g.gif",
+    }  # fmt: skip
+    args = [subst.get(a, a) for a in args]
+    assert run_cli("evaluate", "--vgg-weights", "random", "--size", "32", *args) == 1
+    err = capsys.readouterr().err.strip()
+    assert message in err and "Traceback" not in err and len(err.splitlines()) == 1, err
+
+
+def test_cli_without_vgg_weights_offline_is_the_loaders_one_line_error(ckpts, photos, tmp_path, capsys):
+    assert run_cli("evaluate", photos, "-m", ckpts[0], "--vgg-weights", tmp_path / "nope.pth") == 1
+    err = capsys.readouterr().err.strip()
+    assert "nope.pth" in err and "does not exist" in err and len(err.splitlines()) == 1
+
+
+def test_cli_scores_another_tools_folder_beside_the_model_and_warns_in_one_line(ckpts, photos, tmp_path, capsys):
+    out = tmp_path / "other_tool"
+    assert run_cli("stylize", photos, "-m", ckpts[0], "-o", out, "--max-size", "48") == 0
+    (out / "sub" / "photo3-stripes-bn.png").unlink()
+    # no --style: the folder takes the style image the model was trained on
+    args = ["evaluate", photos, "-m", ckpts[0], "--outputs", out, "--vgg-weights", "random", "--size", "48"]
+    proc = subprocess.run([sys.executable, "-m", "styletransfer", *map(str, args)], capture_output=True, text=True,
+                          timeout=180, env={**os.environ, "COLUMNS": "300"})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "other_tool" in proc.stdout and "BN · stripes" in proc.stdout and "5 photo(s)" in proc.stdout
+    assert "Traceback" not in proc.stderr
+    warning = [line for line in proc.stderr.splitlines() if "photo3" in line]
+    assert len(warning) == 1 and warning[0].startswith("warning: ") and "sub/photo3.png" in warning[0], proc.stderr
