@@ -8,9 +8,13 @@ folder of images stylised by any other tool. Each row is scored on every photo w
 - **style distance**: how far its Gram matrices at relu1_1, relu2_1, relu3_1, relu4_1 and
   relu5_1 (Gatys et al.'s style layers) are from the style image's, relative to the style
   image's, averaged over the five layers;
-- the **training loss terms** (content, style, tv, total) exactly as :class:`PerceptualLoss`
-  computes them with the model's own training settings;
-- the **seconds per image** the model took to stylise it (models only).
+- the **training loss terms** (content, style, tv, total) as :class:`PerceptualLoss` computes
+  them (in float32) with the model's own training settings; a folder gets the settings the
+  checkpoints evaluated with it share, or no loss terms;
+- the **seconds per image** the model took to stylise it (models only; the forward pass alone).
+
+Models run in eval mode (BN uses its running statistics), one photo at a time, so a photo's
+scores do not depend on which other photos or models are evaluated, nor on their order.
 
 The two distances always use VGG19 with ImageNet weights and fixed layers, whatever network,
 layers and weights a model was trained with, so models trained differently and other tools
@@ -92,9 +96,11 @@ def relative_error(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def content_distance(output_features: torch.Tensor, photo_features: torch.Tensor) -> torch.Tensor:
     """Content distance: ``||F(out) - F(photo)||^2 / ||F(photo)||^2`` per image.
 
-    F is VGG19's relu4_2 activation (Gatys et al. 2016, Sec. 2.1, at their content layer),
-    shape (B, 512, H/8, W/8) for both arguments. Returns (B,) values >= 0; 0 for the photo
-    itself, about 1 or more for an image that keeps nothing of it.
+    F is VGG19's relu4_2 activation, shape (B, 512, H/8, W/8) for both arguments: the content
+    layer of Gatys et al. 2016 ("Image Style Transfer Using Convolutional Neural Networks",
+    Eq. 1), here divided by the photo's own energy so the value is scale free. Returns (B,)
+    values >= 0; 0 for the photo itself, about 1 or more for an image that keeps nothing of
+    it (an unrelated photo scores about 1.4 with ImageNet weights).
     """
     return relative_error(output_features, photo_features)
 
@@ -103,8 +109,9 @@ def style_distance(output_features: dict[str, torch.Tensor], style_grams: dict[s
     """Style distance: ``mean over l of ||G_l(out) - G_l(style)||^2 / ||G_l(style)||^2`` per image.
 
     ``output_features``: VGG19 activations (B, C_l, H_l, W_l) at each layer l of
-    :data:`STYLE_DISTANCE_LAYERS` (relu1_1 ... relu5_1, the style layers of Gatys et al. 2016,
-    Eq. 3-5, with equal layer weights). ``style_grams``: the style image's Gram matrices
+    :data:`STYLE_DISTANCE_LAYERS` (relu1_1 ... relu5_1 with equal weights, as in Gatys et al.
+    2016, Eq. 3-5, whose per-layer normalisation 1/(4 N^2 M^2) is replaced here by the style
+    Gram's own energy, so the value is scale free). ``style_grams``: the style image's Gram matrices
     (1, C_l, C_l) at the same layers, from :func:`gram_matrix` (normalised by C*H*W, so the
     image sizes need not match). Returns (B,) values >= 0; 0 when the Grams are equal.
     """
