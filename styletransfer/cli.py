@@ -1,4 +1,4 @@
-"""The ``styletransfer`` command: train, stylize, compare, plot, list, export.
+"""The ``styletransfer`` command: train, stylize, compare, plot, list, export, evaluate.
 
 The ``train`` options are derived from :class:`styletransfer.config.TrainConfig`'s fields
 (names, help text, defaults); the other commands import their modules only when they run.
@@ -262,3 +262,72 @@ def export(
     log_out = export_log(checkpoint, output)  # the full curve beside the model, compressed
     if log_out:
         err.print(f"wrote {log_out}")
+
+
+@app.command()
+def evaluate(
+    photos: Annotated[Path, typer.Argument(help="Folder of held-out photos (searched recursively) the models never trained on.")],
+    models: Annotated[
+        Optional[list[str]],
+        typer.Option("--models", "-m", help="Checkpoint files, or a style name meaning all its checkpoints. Repeatable."),
+    ] = None,
+    outputs: Annotated[
+        Optional[list[Path]],
+        typer.Option(
+            "--outputs",
+            help="Folder of images stylised by any other tool, scored the same way. Matched by file name: the photo's "
+            "stem, alone or followed by - _ . or a space (100007.png or 100007-starry.jpg for 100007.jpg). Photos "
+            "without a match are left out of every row, with a warning. Repeatable.",
+        ),
+    ] = None,
+    style: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Style image. \\[default: each model's training style image; for --outputs, the one the models share]"
+        ),
+    ] = None,
+    checkpoints: Annotated[Path, typer.Option(help="Where style names are looked up.")] = DEFAULT_CHECKPOINTS,
+    size: Annotated[int, typer.Option(help="Photos are scaled down to this long side (at most).")] = 512,
+    style_size: Annotated[int, typer.Option(help="Long side of the style image for the style distance.")] = 512,
+    limit: Annotated[int, typer.Option(help="Only the first N photos (in path order); 0 means all.")] = 0,
+    csv: Annotated[Optional[Path], typer.Option("--csv", help="Write per-photo scores and the summary as CSV.")] = None,
+    json: Annotated[Optional[Path], typer.Option("--json", help="Write per-photo scores and the summary as JSON.")] = None,
+    grid: Annotated[
+        Optional[Path], typer.Option(help="Write a comparison grid of the first 4 photos (.png/.jpg/.webp).")
+    ] = None,
+    vgg_weights: Annotated[
+        Optional[str],
+        typer.Option(
+            envvar="STYLETRANSFER_VGG_WEIGHTS",
+            help="Local VGG19 weights file, as for train. Without it torchvision's ImageNet weights are downloaded once.",
+        ),
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto (CUDA if available), cpu, cuda or cuda:N.")] = "auto",
+    precision: Annotated[str, typer.Option(help="Precision of the models: auto, fp32, bf16 or fp16 (CUDA).")] = "auto",
+) -> None:
+    """Score stylisation quality on held-out photos, one table row per model or folder.
+
+    Example: styletransfer evaluate photos/test -m starry_night -m wave --size 256 --csv scores.csv
+
+    Another tool's results, beside the model's: styletransfer evaluate photos/test -m starry_night --outputs other/
+
+    Metrics (mean ± standard error over photos): content distance, ||F(out) - F(photo)||² / ||F(photo)||²
+    with F the VGG19 relu4_2 features; style distance, the same relative error between Gram matrices
+    of the output and of the style image, averaged over relu1_1 ... relu5_1 (Gatys et al. 2016);
+    the training loss terms (content, style, tv, total) with each model's own training settings
+    (a folder: those the models share, else none); seconds per image, the model alone, after a warm-up.
+    """
+    from .evaluate import GRID_CELL, run
+    from .evaluate_report import grid_image, summary_table, write_csv, write_json
+    from .stylize import save_image
+
+    ev = run(photos, models or [], outputs or [], style, checkpoints, size, style_size, limit or None,
+             vgg_weights, device, precision, grid, console=err)  # fmt: skip
+    Console(width=None if Console().is_terminal else 200).print(summary_table(ev))
+    for path, write in ((csv, write_csv), (json, write_json)):
+        if path is not None:
+            write(ev, path)
+            err.print(f"wrote {path}", highlight=False)
+    if grid is not None:
+        save_image(grid_image(ev, min(GRID_CELL, size)), grid)
+        err.print(f"wrote {grid}", highlight=False)

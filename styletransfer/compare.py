@@ -11,7 +11,7 @@ from .errors import StyleTransferError
 from .norms import NORMS
 from .stylize import Stylizer
 
-__all__ = ["compare", "comparison_grid", "find_checkpoints", "resolve_models", "scan_checkpoints"]
+__all__ = ["compare", "comparison_grid", "find_checkpoints", "fit_square", "resolve_models", "scan_checkpoints"]
 
 CAPTION_HEIGHT = 36
 GAP = 6
@@ -93,12 +93,12 @@ def compare(contents: list[Image.Image], stylizers: list[Stylizer], cell: int = 
         raise StyleTransferError(f"cells must be at least 16 pixels, not {cell}")
     rows = []
     for content in contents:
-        content = _fit(content, cell)
+        content = fit_square(content, cell)
         rows.append([content] + [s.stylize(content) for s in stylizers])
     return comparison_grid(rows, ["content"] + [s.label for s in stylizers])
 
 
-def _fit(img: Image.Image, cell: int) -> Image.Image:
+def fit_square(img: Image.Image, cell: int) -> Image.Image:
     """Centre-crop to a square and scale to ``cell`` so every row lines up."""
     side = min(img.size)
     left, top = (img.width - side) // 2, (img.height - side) // 2

@@ -20,7 +20,7 @@ from .errors import StyleTransferError, one_line
 
 __all__ = [
     "IMAGE_SUFFIXES", "MAX_PIXELS", "MIN_STYLE_SIDE", "ContentImages", "StepBatches", "find_images", "image_to_tensor",
-    "load_image", "load_style_image", "resize_long_side", "scaled_size", "tensor_to_image",
+    "load_image", "load_style_image", "readable_header", "resize_long_side", "scaled_size", "tensor_to_image",
 ]  # fmt: skip
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
@@ -192,7 +192,7 @@ class ContentImages(Dataset):
     def __init__(self, folder: str | Path, image_size: int) -> None:
         self.image_size = image_size
         candidates = find_images(folder)
-        readable = {p: _readable_header(p) for p in candidates}
+        readable = {p: readable_header(p) for p in candidates}
         self.paths = [p for p, ok in readable.items() if ok]
         self.skipped: list[Path] = [p for p, ok in readable.items() if not ok]
         if not self.paths:
@@ -220,7 +220,7 @@ class ContentImages(Dataset):
         raise StyleTransferError("no content image could be decoded")
 
 
-def _readable_header(path: Path) -> bool:
+def readable_header(path: Path) -> bool:
     """Cheap check that Pillow recognises the file and its size is sane (decoding happens later)."""
     try:
         with warnings.catch_warnings():

@@ -27,10 +27,17 @@ VGG_WEIGHTS_ENV = "STYLETRANSFER_VGG_WEIGHTS"
 RANDOM_WEIGHTS = "random"
 
 # Index of each named ReLU in torchvision's ``vgg.features``.
+# relu<b>_<i> is the i-th ReLU of block b (blocks end at a max-pool), as in Simonyan & Zisserman.
 VGG_LAYERS = {
-    "vgg16": {"relu1_2": 3, "relu2_2": 8, "relu3_3": 15, "relu4_2": 20, "relu4_3": 22},
-    "vgg19": {"relu1_2": 3, "relu2_2": 8, "relu3_3": 15, "relu3_4": 17, "relu4_2": 22, "relu4_3": 24},
-}
+    "vgg16": {
+        "relu1_1": 1, "relu1_2": 3, "relu2_1": 6, "relu2_2": 8, "relu3_1": 11, "relu3_3": 15,
+        "relu4_1": 18, "relu4_2": 20, "relu4_3": 22, "relu5_1": 25,
+    },
+    "vgg19": {
+        "relu1_1": 1, "relu1_2": 3, "relu2_1": 6, "relu2_2": 8, "relu3_1": 11, "relu3_3": 15, "relu3_4": 17,
+        "relu4_1": 20, "relu4_2": 22, "relu4_3": 24, "relu5_1": 29,
+    },
+}  # fmt: skip
 VGG_CONFIG = {"vgg16": "D", "vgg19": "E"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

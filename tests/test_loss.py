@@ -1,9 +1,11 @@
 import pytest
 import torch
+from torchvision.models import vgg as tv_vgg
 from torchvision.models import vgg16
 
 from styletransfer.errors import StyleTransferError
 from styletransfer.loss import (
+    VGG_LAYERS,
     VGG_WEIGHTS_ENV,
     PerceptualLoss,
     gram_matrix,
@@ -107,3 +109,18 @@ def test_perceptual_loss_is_zero_for_the_style_image_itself_and_positive_otherwi
 def test_unknown_layer_is_refused():
     with pytest.raises(StyleTransferError, match="relu9_9"):
         PerceptualLoss(load_vgg_features("vgg16", "random"), torch.rand(3, 16, 16), style_layers=("relu9_9",))
+
+
+@pytest.mark.parametrize("arch,cfg", [("vgg16", "D"), ("vgg19", "E")])
+def test_vgg_layer_names_follow_the_architecture(arch, cfg):
+    """relu<b>_<i>: the i-th ReLU after the (b-1)-th max-pool of torchvision's VGG."""
+    names, block, n = {}, 1, 0
+    for i, m in enumerate(tv_vgg.make_layers(tv_vgg.cfgs[cfg])):
+        if isinstance(m, torch.nn.MaxPool2d):
+            block, n = block + 1, 0
+        elif isinstance(m, torch.nn.ReLU):
+            n += 1
+            names[f"relu{block}_{n}"] = i
+    for name, index in VGG_LAYERS[arch].items():
+        assert names[name] == index, name
+    assert {"relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1"} <= set(VGG_LAYERS[arch])

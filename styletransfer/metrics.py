@@ -1,0 +1,80 @@
+"""Quality measures that are not the training loss: content and style distance (Gatys et al. 2016).
+
+Both are relative squared errors of VGG19 features, so they are scale free: 0 means equal.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .loss import gram_matrix
+
+__all__ = [
+    "CONTENT_DISTANCE_LAYER", "METRIC_VGG", "STYLE_DISTANCE_LAYERS", "content_distance", "mean_and_stderr", "quantise",
+    "relative_error", "style_distance",
+]  # fmt: skip
+
+METRIC_VGG = "vgg19"
+CONTENT_DISTANCE_LAYER = "relu4_2"
+STYLE_DISTANCE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+
+
+def relative_error(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image ``||x - target||^2 / ||target||^2``, the squared Frobenius norms over all but dim 0.
+
+    ``x`` and ``target``: (B, ...) of the same shape, any scale. Returns (B,) float32 values
+    >= 0: 0 when equal, 1 when ``x`` is 0 or twice ``target``. A zero target counts as 1e-12.
+    """
+    x, target = x.float().flatten(1), target.float().flatten(1)
+    return (x - target).pow(2).sum(1) / target.pow(2).sum(1).clamp_min(1e-12)
+
+
+def content_distance(output_features: torch.Tensor, photo_features: torch.Tensor) -> torch.Tensor:
+    """Content distance: ``||F(out) - F(photo)||^2 / ||F(photo)||^2`` per image.
+
+    F is VGG19's relu4_2 activation, shape (B, 512, H/8, W/8) for both arguments: the content
+    layer of Gatys et al. 2016 ("Image Style Transfer Using Convolutional Neural Networks",
+    Eq. 1), here divided by the photo's own energy so the value is scale free. Returns (B,)
+    values >= 0; 0 for the photo itself, about 1 or more for an image that keeps nothing of
+    it (an unrelated photo scores about 1.4 with ImageNet weights).
+    """
+    return relative_error(output_features, photo_features)
+
+
+def style_distance(output_features: dict[str, torch.Tensor], style_grams: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Style distance: ``mean over l of ||G_l(out) - G_l(style)||^2 / ||G_l(style)||^2`` per image.
+
+    ``output_features``: VGG19 activations (B, C_l, H_l, W_l) at each layer l of
+    :data:`STYLE_DISTANCE_LAYERS` (relu1_1 ... relu5_1 with equal weights, as in Gatys et al.
+    2016, Eq. 3-5, whose per-layer normalisation 1/(4 N^2 M^2) is replaced here by the style
+    Gram's own energy, so the value is scale free). ``style_grams``: the style image's Gram matrices
+    (1, C_l, C_l) at the same layers, from :func:`gram_matrix` (normalised by C*H*W, so the
+    image sizes need not match). Returns (B,) values >= 0; 0 when the Grams are equal.
+    """
+    per_layer = [
+        relative_error(gram_matrix(output_features[n]), style_grams[n].expand(output_features[n].shape[0], -1, -1))
+        for n in STYLE_DISTANCE_LAYERS
+    ]
+    return torch.stack(per_layer).mean(0)
+
+
+def quantise(images: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] as they would be saved: clamped and rounded to 8 bits (same shape)."""
+    return images.clamp(0, 1).mul(255).round().div(255)
+
+
+def mean_and_stderr(values: list[float | None]) -> dict[str, float | None]:
+    """Mean and standard error of the mean (sample sd / sqrt(n)); None where undefined.
+
+    Summed with :func:`math.fsum` (exactly rounded), so the result does not depend on order.
+    """
+    if not values or any(v is None for v in values):
+        return {"mean": None, "stderr": None}
+    n = len(values)
+    mean = math.fsum(values) / n
+    if n < 2:
+        return {"mean": mean, "stderr": None}
+    var = math.fsum((v - mean) ** 2 for v in values) / (n - 1)
+    return {"mean": mean, "stderr": math.sqrt(var / n)}
