@@ -144,7 +144,7 @@ def train(
 @app.command()
 def stylize(
     inputs: Annotated[list[Path], typer.Argument(help="Image files and/or folders of images.")],
-    model: Annotated[str, typer.Option("--model", "-m", help="Checkpoint file (.safetensors).")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Checkpoint file (.safetensors) or exported .onnx model.")],
     output: Annotated[
         Path,
         typer.Option(
@@ -158,11 +158,12 @@ def stylize(
     """Stylise images with a trained checkpoint, keeping each image's size and aspect ratio."""
     from rich.progress import track
 
-    from .stylize import Stylizer, stylize_files
+    from .onnx_export import open_model
+    from .stylize import stylize_files
 
     if max_size < 0:
         raise StyleTransferError("--max-size must be 0 (no limit) or positive")
-    stylizer = Stylizer(model, device, precision)
+    stylizer = open_model(model, device, precision)  # a .onnx model runs on onnxruntime
     written = []
     errors = stylize_files(stylizer, inputs, output, max_size or None, on_done=lambda src, dst: written.append(dst))
     for line in errors:
@@ -253,19 +254,27 @@ def list_checkpoints(
 @app.command()
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="A training checkpoint.")],
-    output: Annotated[Path, typer.Argument(help="Where to write the compact model (.safetensors).")],
+    output: Annotated[
+        Path, typer.Argument(help="Where to write the compact model (.safetensors), or an ONNX model (.onnx).")
+    ],
     half: Annotated[bool, typer.Option("--half/--full", help="Store weights as float16 (half the size).")] = True,
 ) -> None:
     """Write a compact copy of a checkpoint for sharing: weights and metadata, no optimiser state.
 
     The run's losses.jsonl, if beside the checkpoint, is copied next to it as NAME.losses.jsonl.gz.
+    An output ending in .onnx gets instead an fp32 ONNX model for onnxruntime (needs the onnx extra).
     """
     import torch
 
     from .checkpoint import load_checkpoint, save_checkpoint
+    from .onnx_export import export_onnx, is_onnx_path
 
+    if is_onnx_path(output):
+        export_onnx(checkpoint, output)
+        err.print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB)")
+        return
     if output.suffix != ".safetensors":
-        raise StyleTransferError(f"{output}: the exported file must end in .safetensors")
+        raise StyleTransferError(f"{output}: the exported file must end in .safetensors or .onnx")
     ckpt = load_checkpoint(checkpoint)
     meta = {k: v for k, v in ckpt.meta.items() if k not in ("format", "version", "optimizer")}
     save_checkpoint(output, ckpt.build_model(), meta, dtype=torch.float16 if half else None)
