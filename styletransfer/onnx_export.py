@@ -120,7 +120,8 @@ def check_opset(onnx, opset: int) -> None:
 
 def network_to_onnx(model: nn.Module, opset: int = DEFAULT_OPSET):
     """An ``onnx.ModelProto`` of the eval-mode network ``model``, with dynamic batch, height and width."""
-    dims = {0: torch.export.Dim("batch", min=1), 2: torch.export.Dim("height", min=1), 3: torch.export.Dim("width", min=1)}
+    dim = torch.export.Dim
+    dims = {0: dim("batch", min=1), 2: dim("height", min=1), 3: dim("width", min=1)}
     # Two images whose sides differ and are no multiples of 4, so no size is taken as fixed.
     sample = torch.rand(2, 3, 37, 53)
     with warnings.catch_warnings():
@@ -137,6 +138,9 @@ def network_to_onnx(model: nn.Module, opset: int = DEFAULT_OPSET):
             verbose=False,
         )
     proto = program.model_proto
+    written = max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    if written != opset:  # the exporter keeps its own opset when it cannot convert
+        raise StyleTransferError(f"torch's ONNX exporter cannot write opset {opset} (it wrote {written})")
     name_output_dims(proto)
     return proto
 
