@@ -121,7 +121,7 @@ app.command()(train)
 @app.command()
 def stylize(
     inputs: Annotated[list[Path], typer.Argument(help="Image files and/or folders of images.")],
-    model: Annotated[str, typer.Option("--model", "-m", help="Checkpoint file (.safetensors).")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Checkpoint file (.safetensors) or exported .onnx model.")],
     output: Annotated[
         Path,
         typer.Option(
@@ -133,11 +133,12 @@ def stylize(
     precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16 (CUDA).")] = "auto",
 ) -> None:
     """Stylise images with a trained checkpoint, keeping each image's size and aspect ratio."""
-    from .stylize import Stylizer, stylize_files
+    from .onnx_export import open_model
+    from .stylize import stylize_files
 
     if max_size < 0:
         raise StyleTransferError("--max-size must be 0 (no limit) or positive")
-    stylizer = Stylizer.from_checkpoint(model, device, precision)
+    stylizer = open_model(model, device, precision)  # a .onnx model runs on onnxruntime
     results = stylize_files(stylizer, inputs, output, max_size or None)
     _report(results, output)
     if not all(r.ok for r in results):
@@ -238,22 +239,30 @@ def list_checkpoints(
 @app.command()
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="A training checkpoint.")],
-    output: Annotated[Path, typer.Argument(help="Where to write the compact model (.safetensors).")],
+    output: Annotated[
+        Path, typer.Argument(help="Where to write the compact model (.safetensors), or an ONNX model (.onnx).")
+    ],
     half: Annotated[bool, typer.Option("--half/--full", help="Store weights as float16 (half the size).")] = True,
 ) -> None:
     """Write a compact copy of a checkpoint for sharing: weights and metadata, no optimiser state.
 
     The run's losses.jsonl, if beside the checkpoint, is copied next to it as NAME.losses.jsonl.gz.
+    An output ending in .onnx gets instead an fp32 ONNX model for onnxruntime (needs the onnx extra).
     """
     import torch
 
     from .checkpoint import load_checkpoint, save_checkpoint
+    from .onnx_export import export_onnx, is_onnx_path
     from .runs import export_log, exported_log_path
     from .stylize import refuse_overwriting_inputs
 
-    if output.suffix != ".safetensors":
-        raise StyleTransferError(f"{output}: the exported file must end in .safetensors")
     refuse_overwriting_inputs(output, [checkpoint])
+    if is_onnx_path(output):
+        export_onnx(checkpoint, output)
+        err.print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB)")
+        return
+    if output.suffix != ".safetensors":
+        raise StyleTransferError(f"{output}: the exported file must end in .safetensors or .onnx")
     refuse_overwriting_inputs(exported_log_path(output), [checkpoint.parent / "losses.jsonl"])
     ckpt = load_checkpoint(checkpoint)
     meta = {k: v for k, v in ckpt.meta.items() if k not in ("format", "version", "optimizer")}
