@@ -131,15 +131,26 @@ def stylize(
     max_size: Annotated[int, typer.Option(help="Scale down so the long side is at most this; 0 keeps the size.")] = 1024,
     device: Annotated[str, typer.Option(help="auto (CUDA if available), cpu, cuda or cuda:N.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16 (CUDA).")] = "auto",
+    tile: Annotated[
+        str,
+        typer.Option(
+            help="Stylise in overlapping tiles, with the statistics of the whole image (same result, less "
+            "memory, extra passes): auto (only images over the memory budget, 1.5 GiB on the CPU), off, "
+            "or a tile side in pixels.",
+        ),
+    ] = "auto",
 ) -> None:
     """Stylise images with a trained checkpoint, keeping each image's size and aspect ratio."""
     from .onnx_export import open_model
     from .stylize import stylize_files
+    from .tiling import parse_tile, tile_progress
 
     if max_size < 0:
         raise StyleTransferError("--max-size must be 0 (no limit) or positive")
+    tile = parse_tile(tile)
     stylizer = open_model(model, device, precision)  # a .onnx model runs on onnxruntime
-    results = stylize_files(stylizer, inputs, output, max_size or None)
+    with tile_progress(err) as progress:
+        results = stylize_files(stylizer, inputs, output, max_size or None, tile=tile, progress=progress)
     _report(results, output)
     if not all(r.ok for r in results):
         raise typer.Exit(1)

@@ -24,6 +24,7 @@ from .checkpoint import FORMAT, META_KEY, atomic_write, load_checkpoint, model_l
 from .data import image_to_tensor, tensor_to_image
 from .errors import StyleTransferError, one_line
 from .norms import norm_label
+from .tiling import parse_tile
 
 ONNX_FORMAT = "styletransfer-onnx"
 ONNX_FORMAT_VERSION = 1
@@ -217,8 +218,11 @@ class OnnxStylizer:
         (y,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: x})
         return torch.from_numpy(y)
 
-    def stylize(self, image: Image.Image) -> Image.Image:
-        """An RGB image in, its stylisation (same size) out."""
+    def stylize(self, image: Image.Image, tile: str | int = "auto", progress=None) -> Image.Image:
+        """An RGB image in, its stylisation (same size) out, untiled: ``tile`` may be ``auto`` or
+        ``off``; a tile side is a StyleTransferError (tiling needs the checkpoint's network)."""
+        if parse_tile(tile) not in ("auto", "off"):
+            raise StyleTransferError(f"{self.path}: ONNX models are not tiled; use the .safetensors checkpoint")
         return tensor_to_image(self.stylize_tensor(image_to_tensor(image)[None])[0])
 
 

@@ -14,6 +14,7 @@ from .checkpoint import load_checkpoint, model_label
 from .data import IMAGE_SUFFIXES, find_images, image_to_tensor, load_image, tensor_to_image
 from .devices import autocast, is_out_of_memory, pick_device, release_memory, resolve_precision
 from .errors import OutOfMemory, StyleTransferError, cannot_write
+from .tiling import ProgressCallback, stylize_image_in_tiles, tile_side
 
 __all__ = [
     "FileResult", "OUTPUT_FORMATS", "Stylizer", "output_format", "plan_outputs", "refuse_overwriting_inputs",
@@ -70,9 +71,16 @@ class Stylizer:
                 y = self.model(x)
             return y.float()
 
-    def stylize(self, image: Image.Image) -> Image.Image:
-        """An RGB image in, its stylisation (same size) out; OutOfMemory as :meth:`stylize_tensor`."""
+    def stylize(self, image: Image.Image, tile: str | int = "auto", progress: ProgressCallback | None = None) -> Image.Image:
+        """An RGB image in, its stylisation (same size) out; OutOfMemory as :meth:`stylize_tensor`.
+
+        ``tile``: ``auto`` (tiles when the image is over the memory budget), ``off``, or a tile
+        side in pixels (see :mod:`styletransfer.tiling`; ``progress`` is its callback).
+        """
         with self._memory_is_an_error((1, 3, image.height, image.width)):
+            side = tile_side(tile, image.height, image.width, self.device)
+            if side is not None:
+                return stylize_image_in_tiles(self.model, image, side, self.dtype, progress)
             return tensor_to_image(self.stylize_tensor(image_to_tensor(image)[None])[0])
 
     @contextmanager
@@ -85,7 +93,7 @@ class Stylizer:
             release_memory(self.device)
             raise OutOfMemory(
                 f"out of memory stylising {shape[0]} image(s) of {shape[-1]}x{shape[-2]} pixels on {self.device}; "
-                "choose a smaller size (--max-size)"
+                "choose a smaller size (--max-size) or smaller tiles (--tile)"
             ) from None
 
 
@@ -199,10 +207,13 @@ class FileResult:
         return self.error is None
 
 
-def stylize_files(stylizer: Stylizer, inputs: list[Path], out: Path, max_size: int | None) -> list[FileResult]:
+def stylize_files(
+    stylizer: Stylizer, inputs: list[Path], out: Path, max_size: int | None, **options
+) -> list[FileResult]:  # fmt: skip
     """Stylise image files and folders of images (searched recursively) into ``out``.
 
-    ``max_size``: the long side, in pixels, each image is scaled down to (None keeps its size).
+    ``max_size``: the long side, in pixels, each image is scaled down to (None keeps its size);
+    ``options``: keyword options of :meth:`Stylizer.stylize` (``tile``, ``progress``).
     Returns one result per image file, in order; a file that fails does not stop the others.
     Raises StyleTransferError only for problems with the whole call (an empty folder, an
     output file name for several inputs).
@@ -211,12 +222,12 @@ def stylize_files(stylizer: Stylizer, inputs: list[Path], out: Path, max_size: i
         raise StyleTransferError(f"max_size must be at least 1 pixel (or None), not {max_size}")
     files = _expand_inputs(inputs)
     outputs = plan_outputs(files, inputs, out, f"{stylizer.style}-{stylizer.norm}")
-    return [_stylize_file(stylizer, src, dst, max_size) for src, dst in zip(files, outputs)]
+    return [_stylize_file(stylizer, src, dst, max_size, options) for src, dst in zip(files, outputs)]
 
 
-def _stylize_file(stylizer: Stylizer, src: Path, dst: Path, max_size: int | None) -> FileResult:
+def _stylize_file(stylizer: Stylizer, src: Path, dst: Path, max_size: int | None, options: dict) -> FileResult:
     try:
-        save_image(stylizer.stylize(load_image(src, max_size)), dst)
+        save_image(stylizer.stylize(load_image(src, max_size), **options), dst)
         return FileResult(src, dst)
     except OutOfMemory as e:
         return FileResult(src, dst, f"{src}: {e}")
