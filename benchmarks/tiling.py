@@ -26,6 +26,7 @@ from PIL import Image
 
 from styletransfer.data import image_to_tensor, tensor_to_image
 from styletransfer.devices import resolve_precision
+from styletransfer.norms import NORMS, norm_label
 from styletransfer.stylize import Stylizer
 from styletransfer.tiling import plan_tiles, stylize_in_tiles
 
@@ -83,8 +84,8 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 def compare(args) -> None:
     torch.set_num_threads(args.threads)
     x = photo(args.size, args.photo)
-    crops = []
-    for norm in ("bn", "in", "se", "iebn"):
+    crops = {}
+    for norm in args.norms:
         stylizer = Stylizer.from_checkpoint(ROOT / "checkpoints" / args.style / f"{norm}.safetensors", "cpu", "fp32")
         start = time.perf_counter()
         whole = stylizer.stylize_tensor(x)
@@ -95,9 +96,9 @@ def compare(args) -> None:
         print(f"{norm:5s} PSNR tiled vs untiled {psnr(tiled, whole):6.1f} dB, max |diff| "
               f"{(tiled - whole).abs().max().item():.2e}; untiled {untiled:.1f} s, tiled {seconds:.1f} s "
               f"({seconds / untiled:.1f}x)", flush=True)  # fmt: skip
-        crops.append(seam_crop(whole[0], tiled[0], args.tile, args.size))
+        crops[norm] = seam_crop(whole[0], tiled[0], args.tile, args.size)
     if args.figure:
-        seam_figure(crops, args.figure)
+        seam_figure([(norm_label(n), crops[n]) for n in NORMS if n in crops], args.figure)
 
 
 def seam_crop(whole: torch.Tensor, tiled: torch.Tensor, side: int, size: int, radius: int = 96) -> list:
@@ -116,19 +117,19 @@ def seam_figure(rows: list, path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(len(rows), 3, figsize=(7.5, 2.6 * len(rows)))
-    for r, (norm, crops) in enumerate(zip(("BN", "IN", "BN+SE", "IEBN"), rows)):
+    axes = axes.reshape(len(rows), 3)
+    for r, (norm, crops) in enumerate(rows):
         for c, (img, title) in enumerate(zip(crops, ("untiled", "tiled", "|difference| x 20"))):
             ax = axes[r, c]
             ax.imshow(img, interpolation="nearest")
-            ax.axhline(img.height / 2 - 0.5, color="w", lw=0.5, ls=":")
-            ax.axvline(img.width / 2 - 0.5, color="w", lw=0.5, ls=":")
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax.set_xticks([img.width / 2 - 0.5])  # the cuts between tile cores: ticks, not lines over the pixels
+            ax.set_yticks([img.height / 2 - 0.5])
+            ax.tick_params(labelbottom=False, labelleft=False, length=6, color="red", width=1.5)
             if r == 0:
                 ax.set_title(title, fontsize=9)
             if c == 0:
                 ax.set_ylabel(norm, fontsize=9)
-    fig.suptitle("Around a tile corner (dotted lines: the cuts between tile cores)", fontsize=9)
+    fig.suptitle("Around a tile corner (red ticks: the cuts between tile cores)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print(f"wrote {path}")
@@ -138,7 +139,7 @@ def halo(args) -> None:
     """PSNR of the tiled against the untiled output for halos from 16 pixels up, every norm."""
     torch.set_num_threads(args.threads)
     x = photo(args.size, args.photo)
-    for norm in ("bn", "in", "se", "iebn"):
+    for norm in args.norms:
         stylizer = Stylizer.from_checkpoint(ROOT / "checkpoints" / args.style / f"{norm}.safetensors", "cpu", "fp32")
         whole = stylizer.stylize_tensor(x)
         cells = [f"{h}: {psnr(stylize_in_tiles(stylizer.model, x, args.tile, halo=h), whole):5.1f}"
@@ -155,6 +156,7 @@ def main() -> None:
     parser.add_argument("--photo", default="chelsea", help="example photo (examples/NAME.jpg)")
     parser.add_argument("--checkpoint", default=str(ROOT / "checkpoints/starry_night/in.safetensors"))
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--norms", nargs="+", default=list(NORMS), choices=list(NORMS))
     parser.add_argument("--figure", default=None, help="where to write the seam crops (psnr)")
     args = parser.parse_args()
     {"memory": memory, "psnr": compare, "halo": halo}[args.what](args)

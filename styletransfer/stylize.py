@@ -71,7 +71,9 @@ class Stylizer:
                 y = self.model(x)
             return y.float()
 
-    def stylize(self, image: Image.Image, tile: str | int = "auto", progress: ProgressCallback | None = None) -> Image.Image:
+    def stylize(
+        self, image: Image.Image, tile: str | int = "auto", progress: ProgressCallback | None = None
+    ) -> Image.Image:
         """An RGB image in, its stylisation (same size) out; OutOfMemory as :meth:`stylize_tensor`.
 
         ``tile``: ``auto`` (tiles when the image is over the memory budget), ``off``, or a tile
