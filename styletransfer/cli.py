@@ -131,6 +131,14 @@ def stylize(
     max_size: Annotated[int, typer.Option(help="Scale down so the long side is at most this; 0 keeps the size.")] = 1024,
     device: Annotated[str, typer.Option(help="auto (CUDA if available), cpu, cuda or cuda:N.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16 (CUDA).")] = "auto",
+    compile_choice: Annotated[
+        str,
+        typer.Option(
+            "--compile",
+            help="Compile the network (torch.compile): faster per image, seconds to compile per image size. "
+            "auto: when at least 16 images share one size; on; off.",
+        ),
+    ] = "auto",
 ) -> None:
     """Stylise images with a trained checkpoint, keeping each image's size and aspect ratio."""
     from .onnx_export import open_model
@@ -138,11 +146,25 @@ def stylize(
 
     if max_size < 0:
         raise StyleTransferError("--max-size must be 0 (no limit) or positive")
+    if compile_choice not in ("auto", "on", "off"):
+        raise StyleTransferError(f"--compile {compile_choice!r} is not one of: auto, on, off")
     stylizer = open_model(model, device, precision)  # a .onnx model runs on onnxruntime
+    if _should_compile(compile_choice, stylizer, inputs, max_size or None):
+        stylizer.compile()
     results = stylize_files(stylizer, inputs, output, max_size or None)
     _report(results, output)
     if not all(r.ok for r in results):
         raise typer.Exit(1)
+
+
+def _should_compile(choice: str, stylizer, inputs: list[Path], max_size: int | None) -> bool:
+    """``on``, or ``auto`` with enough images of one size to pay for compiling (torch models only)."""
+    if choice == "off" or not hasattr(stylizer, "compile"):
+        return False
+    from .compiled import worth_compiling
+    from .stylize import expand_inputs
+
+    return choice == "on" or worth_compiling(expand_inputs(inputs), max_size)
 
 
 def _report(results: list, output: Path) -> None:

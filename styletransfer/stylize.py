@@ -16,7 +16,7 @@ from .devices import autocast, is_out_of_memory, pick_device, release_memory, re
 from .errors import OutOfMemory, StyleTransferError, cannot_write
 
 __all__ = [
-    "FileResult", "OUTPUT_FORMATS", "Stylizer", "output_format", "plan_outputs", "refuse_overwriting_inputs",
+    "FileResult", "OUTPUT_FORMATS", "Stylizer", "expand_inputs", "output_format", "plan_outputs", "refuse_overwriting_inputs",
     "save_image", "stylize_files",
 ]  # fmt: skip
 
@@ -37,6 +37,15 @@ class Stylizer:
         self.device = pick_device(device)
         self.dtype = resolve_precision(precision, self.device)
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
+        self.network = self.model  # what runs: the model itself, or its compiled form
+
+    def compile(self) -> Stylizer:
+        """Run a compiled form of the network from now on (see :mod:`styletransfer.compiled`):
+        each new image size costs seconds of compilation once, then runs faster. Returns self."""
+        from .compiled import compile_for_inference
+
+        self.network = compile_for_inference(self.model)
+        return self
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, device: str = "auto", precision: str = "auto") -> Stylizer:
@@ -67,7 +76,7 @@ class Stylizer:
         with self._memory_is_an_error(images.shape):
             x = images.to(self.device).contiguous(memory_format=torch.channels_last)
             with autocast(self.device, self.dtype):
-                y = self.model(x)
+                y = self.network(x)
             return y.float()
 
     def stylize(self, image: Image.Image) -> Image.Image:
@@ -108,7 +117,7 @@ def save_image(img: Image.Image, path: Path) -> None:
         raise cannot_write(path, e) from None
 
 
-def _expand_inputs(inputs: list[Path]) -> list[Path]:
+def expand_inputs(inputs: list[Path]) -> list[Path]:
     """Files as given, folders replaced by the images inside them (recursively)."""
     files = []
     for p in inputs:
@@ -209,7 +218,7 @@ def stylize_files(stylizer: Stylizer, inputs: list[Path], out: Path, max_size: i
     """
     if max_size is not None and max_size < 1:
         raise StyleTransferError(f"max_size must be at least 1 pixel (or None), not {max_size}")
-    files = _expand_inputs(inputs)
+    files = expand_inputs(inputs)
     outputs = plan_outputs(files, inputs, out, f"{stylizer.style}-{stylizer.norm}")
     return [_stylize_file(stylizer, src, dst, max_size) for src, dst in zip(files, outputs)]
 
