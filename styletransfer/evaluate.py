@@ -58,6 +58,10 @@ from .metrics import (
 from .photos import Photo, find_photos, match_outputs, photo_stem, read_output, refuse_unreadable
 from .stylize import Stylizer, output_format
 
+__all__ = [
+    "GRID_CELL", "METRICS", "METRIC_TITLES", "Evaluation", "LossSettings", "Row", "Scorer", "evaluate", "model_rows", "run",
+]  # fmt: skip
+
 DEFAULT_SIZE = 512
 DEFAULT_STYLE_SIZE = 512
 MIN_SIDE = MIN_STYLE_SIDE  # VGG19 halves the image four times before relu5_1

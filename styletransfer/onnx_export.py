@@ -25,6 +25,10 @@ from .data import image_to_tensor, tensor_to_image
 from .errors import StyleTransferError, one_line
 from .norms import norm_label
 
+__all__ = [
+    "ExportableNet", "OnnxStylizer", "export_onnx", "is_onnx_path", "onnx_metadata", "open_model", "read_onnx_metadata",
+]  # fmt: skip
+
 ONNX_FORMAT = "styletransfer-onnx"
 ONNX_FORMAT_VERSION = 1
 INPUT_NAME = "image"
