@@ -1,4 +1,4 @@
-"""The web demo (app.py): its stylise function, its API through gradio_client, and the page in a browser."""
+"""The web demo (styletransfer/demo.py): its stylise function, its API through gradio_client, and the page in a browser."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from PIL import Image
 from styletransfer.checkpoint import save_checkpoint
 from styletransfer.network import TransformerNet
 from styletransfer.norms import NORMS, norm_label
-import app as demo_app
+from styletransfer import demo as demo_app
 from .conftest import make_photo, write_checkpoint
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -23,7 +23,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-import app as demo_app
+from styletransfer import demo as demo_app
 from styletransfer.checkpoint import read_metadata
 from styletransfer.compare import compare
 from styletransfer.config import TrainConfig

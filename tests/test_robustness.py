@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageFile
 from safetensors.torch import save_file
 
-import app as demo_app
+from styletransfer import demo as demo_app
 from styletransfer import data as data_module
 from styletransfer.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from styletransfer.data import MAX_PIXELS, ContentImages, load_image

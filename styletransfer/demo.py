@@ -23,16 +23,16 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image
 
-from styletransfer.compare import scan_checkpoints
-from styletransfer.data import IMAGE_SUFFIXES, load_image, resize_long_side
-from styletransfer.devices import pick_device
-from styletransfer.errors import StyleTransferError
-from styletransfer.norms import NORMS, norm_label
-from styletransfer.plot import Run, draw_loss_curves, load_run
-from styletransfer.runs import logs_beside_model, train_hint
-from styletransfer.stylize import Stylizer
+from .compare import scan_checkpoints
+from .data import IMAGE_SUFFIXES, load_image, resize_long_side
+from .devices import pick_device
+from .errors import StyleTransferError
+from .norms import NORMS, norm_label
+from .plot import Run, draw_loss_curves, load_run
+from .runs import logs_beside_model, train_hint
+from .stylize import Stylizer
 
-EXAMPLES = Path(__file__).resolve().parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SIZE_MIN, SIZE_MAX, SIZE_DEFAULT = 256, 1024, 512
 MAX_FILE_SIZE = "20mb"
 QUEUE_SIZE = 32  # requests waiting beyond this are turned away with "queue full"
