@@ -31,10 +31,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from styletransfer.devices import autocast, resolve_precision
 from styletransfer.loss import PerceptualLoss, gram_matrix, load_vgg_features, relative_mse, total_variation
+from styletransfer.models import SHIPPED_MODELS
 from styletransfer.network import TransformerNet
 from styletransfer.norms import IEBN2d
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 class ReferenceIEBN(IEBN2d):
@@ -256,7 +256,7 @@ def exported_onnx(checkpoint):
 
 
 def shipped_checkpoint(norm):
-    found = sorted((ROOT / "checkpoints").glob(f"*/{norm}.safetensors"))
+    found = sorted(SHIPPED_MODELS.glob(f"*/{norm}.safetensors"))
     return str(found[0]) if found else None
 
 

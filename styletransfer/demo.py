@@ -1,6 +1,10 @@
 """Web demo: stylise a photo with every normalisation trained for a style, side by side.
 
-    .venv/bin/python app.py [--checkpoints checkpoints] [--port 7860] [--listen] [--share]
+    styletransfer demo [--checkpoints FOLDER] [--port 7860] [--listen] [--share]
+
+(``python app.py ...`` from a checkout does the same.) Models are found as
+:mod:`styletransfer.models` says: the ``--checkpoints`` folder (or ``$STYLETRANSFER_MODELS``),
+then the shipped models.
 
 The page's stylise function is also the API endpoint ``/stylize`` (see the README's "Web demo").
 Tests build the page with :func:`build_app` and call :meth:`StyleDemo.stylize` directly.
@@ -23,16 +27,18 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image
 
-from .compare import scan_checkpoints
-from .data import IMAGE_SUFFIXES, load_image, resize_long_side
+from .data import load_image, resize_long_side
 from .devices import pick_device
 from .errors import StyleTransferError
+from .models import find_models, find_style_image, model_folders, shipped_folder
 from .norms import NORMS, norm_label
 from .plot import Run, draw_loss_curves, load_run
 from .runs import logs_beside_model, train_hint
 from .stylize import Stylizer
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+__all__ = ["StyleDemo", "StyleLibrary", "build_app", "launch", "main"]
+
+EXAMPLES = shipped_folder("examples")
 SIZE_MIN, SIZE_MAX, SIZE_DEFAULT = 256, 1024, 512
 MAX_FILE_SIZE = "20mb"
 QUEUE_SIZE = 32  # requests waiting beyond this are turned away with "queue full"
@@ -52,16 +58,23 @@ def user_error(message: str) -> gr.Error:
 
 
 class StyleLibrary:
-    """The checkpoints of a folder by style and norm; each model is loaded on first use and kept."""
+    """The models by style and norm; each model is loaded on first use and kept.
 
-    def __init__(self, checkpoints_dir: str | Path, styles_dir: str | Path = "styles", device: str = "auto") -> None:
-        self.folder, self.styles_dir = Path(checkpoints_dir), Path(styles_dir)
+    ``checkpoints_dir`` (else ``$STYLETRANSFER_MODELS``) is searched first, then, if ``shipped``,
+    the shipped models; ``styles_dir``, then the shipped paintings, for each style's painting.
+    """
+
+    def __init__(self, checkpoints_dir: str | Path | None = None, styles_dir: str | Path | None = None,
+                 device: str = "auto", shipped: bool = True) -> None:  # fmt: skip
+        self.folders = model_folders(checkpoints_dir, shipped)
+        own = model_folders(checkpoints_dir, shipped=False)
+        self.folder = own[0] if own else Path("models")  # where the "train one" hints export to
+        self.styles_dir = styles_dir
         self.device = str(pick_device(device))
         self.by_style: dict[str, dict[str, tuple[Path, dict]]] = {}
-        found, self.skipped = scan_checkpoints(self.folder)  # files that are not valid checkpoints are skipped
-        for path, meta in found:  # ordered, so the first of duplicates wins
-            style = meta.get("style") or path.parent.name
-            self.by_style.setdefault(style, {}).setdefault(meta["norm"], (path, meta))
+        found, self.skipped = find_models(checkpoints_dir, shipped)  # files that are not valid checkpoints are skipped
+        for model in found:
+            self.by_style.setdefault(model.style, {})[model.norm] = (model.path, model.meta)
         self.loaded: dict[Path, Stylizer] = {}
         self.runs: dict[Path, Run] = {}
         self.model_lock, self.run_lock = threading.Lock(), threading.Lock()
@@ -91,11 +104,8 @@ class StyleLibrary:
             return self.runs[path]
 
     def style_image(self, style: str) -> Path | None:
-        """``styles/<style>.<image suffix>`` if there is one."""
-        if not self.styles_dir.is_dir():
-            return None
-        found = [p for p in self.styles_dir.iterdir() if p.stem == style and p.suffix.lower() in IMAGE_SUFFIXES]
-        return min(found, default=None)
+        """The painting ``<style>.<image suffix>`` from the styles folder or the shipped ones, if any."""
+        return find_style_image(style, self.styles_dir)
 
 
 def first_readable_run(sources: list[Path]) -> Run:
@@ -127,8 +137,9 @@ class ResultFolder:
 class StyleDemo:
     """What the page does, independent of its layout: stylise, describe a style, plot its curves."""
 
-    def __init__(self, checkpoints_dir: str | Path = "checkpoints", styles_dir: str | Path = "styles", device: str = "auto") -> None:
-        self.library = StyleLibrary(checkpoints_dir, styles_dir, device)
+    def __init__(self, checkpoints_dir: str | Path | None = None, styles_dir: str | Path | None = None,
+                 device: str = "auto", shipped: bool = True) -> None:  # fmt: skip
+        self.library = StyleLibrary(checkpoints_dir, styles_dir, device, shipped)
         self.results = ResultFolder()
 
     def stylize(self, content: str | dict | None, style: str, size: float = SIZE_DEFAULT) -> list[tuple[str, str]]:
@@ -164,7 +175,7 @@ class StyleDemo:
         return str(out), result_caption(meta, seconds)
 
     def style_panel(self, style: str | None) -> tuple[str, Image.Image | None]:
-        """The style's name, credit and models as Markdown, and its painting if ``styles/`` has it."""
+        """The style's name, credit and models as Markdown, and its painting if there is one."""
         if style not in self.library.by_style:
             return "", None
         metas = [meta for _, meta in self.library.checkpoints(style)]
@@ -199,7 +210,7 @@ class StyleDemo:
 
 NO_CHECKPOINTS = """## No checkpoints yet
 `{folder}` holds no checkpoints (`{folder}/<style>/<norm>.safetensors`). Train a style on a folder of
-photos and export the result, then start the demo again:
+photos and export the result, then start the demo again with `--checkpoints {folder}`:
 
 {commands}
 
@@ -274,13 +285,14 @@ def curves_figure(runs: list[Run], title: str, missing: list[str]):
 
 
 def build_app(
-    checkpoints_dir: str | Path = "checkpoints",
-    styles_dir: str | Path = "styles",
+    checkpoints_dir: str | Path | None = None,
+    styles_dir: str | Path | None = None,
     device: str = "auto",
     max_concurrency: int = 1,
+    shipped: bool = True,
 ) -> gr.Blocks:
-    """The page for the checkpoints in ``checkpoints_dir``, with a bounded queue."""
-    demo = StyleDemo(checkpoints_dir, styles_dir, device)
+    """The page for the models in ``checkpoints_dir`` and (if ``shipped``) the shipped ones, with a bounded queue."""
+    demo = StyleDemo(checkpoints_dir, styles_dir, device, shipped)
     with gr.Blocks(title="Style transfer: BN, IN, BN+SE, IEBN", analytics_enabled=False, delete_cache=(1800, 3600)) as app:
         gr.Markdown(INTRO)
         if demo.library.styles:
@@ -341,14 +353,15 @@ def launch(app: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: boo
     )
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Web demo: stylise a photo with BN, IN, BN+SE and IEBN side by side.")
+def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=prog, description="Web demo: stylise a photo with BN, IN, BN+SE and IEBN side by side.")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 picks a free one)")
     p.add_argument("--listen", action="store_true", help="listen on all interfaces (0.0.0.0) so other machines can connect")
     p.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link (needs internet)")
-    p.add_argument("--checkpoints", type=Path, default=Path("checkpoints"), help="folder of <style>/<norm>.safetensors")
-    p.add_argument("--styles", type=Path, default=Path("styles"), help="folder of style images, <style>.jpg etc.")
+    p.add_argument("--checkpoints", type=Path, help="folder of <style>/<norm>.safetensors, shown with the shipped models "
+                   "(a style there hides the shipped one of that name; default: $STYLETRANSFER_MODELS if set)")
+    p.add_argument("--styles", type=Path, help="folder of style images, <style>.jpg etc., searched before the shipped ones")
     p.add_argument("--max-concurrency", type=int, default=1, help="requests stylised at once; others wait in the queue (default 1)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     args = p.parse_args(argv)
@@ -360,14 +373,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def found_line(library: StyleLibrary) -> str:
+    folders = ", ".join(str(f) for f in library.folders)
     if not library.styles:
-        return f"{library.folder}: no checkpoints; the page explains how to train one"
+        return f"no checkpoints in {folders}; the page explains how to train one"
     count = sum(len(norms) for norms in library.by_style.values())
-    return f"{library.folder}: {count} checkpoints of the styles {', '.join(library.styles)}"
+    return f"{count} models of the styles {', '.join(library.styles)} (from {folders})"
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    """Parse the demo's flags (``argv``, default the command line's), build the page and serve it until Ctrl-C."""
+    args = parse_args(argv, prog)
     try:
         app = build_app(args.checkpoints, args.styles, args.device, args.max_concurrency)
     except StyleTransferError as e:

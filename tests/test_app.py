@@ -38,7 +38,7 @@ def ckpts(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def demo(ckpts) -> demo_app.StyleDemo:
-    return demo_app.StyleDemo(ckpts, styles_dir=ckpts / "no-styles", device="cpu")
+    return demo_app.StyleDemo(ckpts, styles_dir=ckpts / "no-styles", device="cpu", shipped=False)
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +129,7 @@ def test_style_panel_shows_name_credit_and_painting(ckpts, tmp_path):
     styles = tmp_path / "styles"
     styles.mkdir()
     Image.new("RGB", (900, 600), (200, 30, 30)).save(styles / "stripes.jpg")
-    text, painting = demo_app.StyleDemo(ckpts, styles, "cpu").style_panel("stripes")
+    text, painting = demo_app.StyleDemo(ckpts, styles, "cpu", shipped=False).style_panel("stripes")
     assert "### stripes" in text and "Test Painter, Stripes, 2024" in text
     assert "BN, IN, BN+SE, IEBN (100 iterations each)" in text
     assert painting.size == (512, 341)
@@ -151,7 +151,7 @@ def test_loss_curves_prefer_the_full_log(demo):
 
 
 def test_no_checkpoints_explains_how_to_train(tmp_path):
-    app = demo_app.build_app(tmp_path / "empty", device="cpu")
+    app = demo_app.build_app(tmp_path / "empty", device="cpu", shipped=False)
     texts = [b.value for b in app.blocks.values() if isinstance(b, gr.Markdown)]
     train = "styletransfer train --style STYLE.jpg --content-dir PHOTOS/ --norm iebn --out runs/NAME"
     export = f"styletransfer export runs/NAME/checkpoint.safetensors {(tmp_path / 'empty').as_posix()}/NAME/iebn.safetensors"
@@ -170,7 +170,7 @@ def styles(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def served(ckpts, styles):
     """The app on a free local port, as ``python app.py --port 0`` starts it."""
-    app = demo_app.build_app(ckpts, styles, device="cpu")
+    app = demo_app.build_app(ckpts, styles, device="cpu", shipped=False)
     _, url, _ = demo_app.launch(app, port=0, prevent_thread_lock=True, quiet=True)
     yield url
     app.close()

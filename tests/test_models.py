@@ -1,0 +1,151 @@
+"""Models by name from any working folder: the lookup order, the shipped models and paintings, the wheel."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from styletransfer.errors import StyleTransferError
+from styletransfer.models import (
+    MODELS_ENV,
+    SHIPPED_MODELS,
+    resolve_model,
+    resolve_models,
+)
+from styletransfer.norms import NORMS
+
+from .conftest import make_photo, run_cli, write_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = [f"{style}/{norm}" for style in ("starry_night", "wave") for norm in NORMS]
+
+
+def styletransfer(*args, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m styletransfer ARGS`` in the folder ``cwd``, importing this checkout's package."""
+    env = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "styletransfer", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def no_models_variable(monkeypatch):
+    monkeypatch.delenv(MODELS_ENV, raising=False)
+
+
+@pytest.fixture()
+def own_models(tmp_path) -> Path:
+    """A folder with a ``starry_night`` of its own (IN only) and a style the package lacks."""
+    folder = tmp_path / "mine"
+    write_checkpoint(folder, "starry_night", "in", seed=3)
+    write_checkpoint(folder, "stripes", "bn", seed=4)
+    return folder
+
+
+# --------------------------------------------------------------- from another working folder
+
+
+def test_list_shows_the_shipped_models_from_any_folder(tmp_path):
+    proc = styletransfer("list", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for name in SHIPPED:
+        assert name in proc.stdout
+    assert "shipped models" in proc.stdout
+
+
+def test_stylize_by_name_from_any_folder(tmp_path):
+    photo = make_photo(tmp_path / "photo.png", size=(64, 48))
+    proc = styletransfer("stylize", "photo.png", "-m", "starry_night/iebn", "-o", "out.jpg", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    with Image.open(tmp_path / "out.jpg") as out:
+        assert out.size == (64, 48) and out.format == "JPEG"
+    assert "using" not in proc.stderr  # a full name needs no note
+    assert Image.open(photo).size == (64, 48)
+
+
+def test_a_style_alone_picks_iebn_and_says_so(tmp_path):
+    make_photo(tmp_path / "photo.png", size=(40, 40))
+    proc = styletransfer("stylize", "photo.png", "-m", "starry_night", "-o", "out.png", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "starry_night: using starry_night/iebn (IEBN, the paper's norm)" in proc.stderr
+    assert (tmp_path / "out.png").exists()
+
+
+def test_an_unknown_name_is_one_line_listing_the_names(tmp_path):
+    make_photo(tmp_path / "photo.png", size=(40, 40))
+    proc = styletransfer("stylize", "photo.png", "-m", "starry_nite", "-o", "out.png", cwd=tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: starry_nite: neither a checkpoint file nor a model name; models: ")
+    assert all(name in lines[0] for name in SHIPPED)
+    assert not (tmp_path / "out.png").exists()
+
+
+# --------------------------------------------------------------- the lookup order
+
+
+def test_a_path_comes_first(own_models, tmp_path):
+    given = own_models / "stripes" / "bn.safetensors"
+    assert resolve_model(str(given), own_models) == (given, None)
+    assert resolve_model(str(tmp_path / "missing.safetensors"))[0] == tmp_path / "missing.safetensors"
+
+
+def test_the_environment_variable_comes_before_the_shipped_models(own_models, monkeypatch):
+    assert resolve_model("starry_night/iebn")[0] == SHIPPED_MODELS / "starry_night" / "iebn.safetensors"
+    monkeypatch.setenv(MODELS_ENV, str(own_models))
+    path, note = resolve_model("starry_night")  # its own starry_night has no IEBN: IN it is
+    assert path == own_models / "starry_night" / "in.safetensors"
+    assert "there is no IEBN model" in note
+    with pytest.raises(StyleTransferError, match="starry_night/iebn: neither"):
+        resolve_model("starry_night/iebn")  # a style comes whole from one folder, never mixed
+    assert resolve_model("wave/bn")[0] == SHIPPED_MODELS / "wave" / "bn.safetensors"  # the others remain
+    assert resolve_models(["stripes", "wave"]) == [own_models / "stripes" / "bn.safetensors"] + [
+        SHIPPED_MODELS / "wave" / f"{norm}.safetensors" for norm in NORMS
+    ]
+
+
+def test_checkpoints_option_comes_before_the_environment_variable(own_models, tmp_path, monkeypatch):
+    other = tmp_path / "other"
+    write_checkpoint(other, "stripes", "iebn", seed=5)
+    monkeypatch.setenv(MODELS_ENV, str(own_models))
+    assert resolve_model("stripes", other)[0] == other / "stripes" / "iebn.safetensors"
+    assert resolve_model("stripes")[0] == own_models / "stripes" / "bn.safetensors"
+    assert resolve_model("starry_night", other)[0] == SHIPPED_MODELS / "starry_night" / "iebn.safetensors"
+
+
+def test_the_commands_take_the_lookup_order(own_models, tmp_path, monkeypatch, capsys):
+    photo = make_photo(tmp_path / "photo.png", size=(40, 30))
+    monkeypatch.setenv(MODELS_ENV, str(own_models))
+    assert run_cli("stylize", photo, "-m", "stripes", "-o", tmp_path / "a.png") == 0
+    assert "stripes: using stripes/bn" in capsys.readouterr().err
+    assert run_cli("compare", photo, "-m", "starry_night", "-m", "wave/iebn", "-o", tmp_path / "grid.png",
+                   "--size", "32") == 0  # fmt: skip
+    assert Image.open(tmp_path / "grid.png").width < 4 * 32 + 40  # content, its own starry_night, wave IEBN
+    assert run_cli("plot", "stripes", "wave/in", "-o", tmp_path / "curves.png") == 0
+    capsys.readouterr()
+    assert run_cli("list") == 0
+    out = capsys.readouterr().out
+    assert out.index("stripes/bn") < out.index("shipped models") < out.index("wave/iebn")
+    assert "starry_night/iebn" not in out  # hidden by the folder's own starry_night
+    assert run_cli("stylize", photo, "-m", "stripes", "--checkpoints", tmp_path / "empty", "-o", tmp_path / "b.png") == 1
+    assert f"{tmp_path / 'empty'} does not exist" in capsys.readouterr().err
+
+
+def test_a_name_with_a_file_extension_is_a_path(tmp_path, capsys):
+    photo = make_photo(tmp_path / "photo.png")
+    assert run_cli("stylize", photo, "-m", "starry_night.safetensors", "-o", tmp_path / "o.png") == 1
+    assert "neither a checkpoint file nor a model name" not in capsys.readouterr().err
+
+
+# --------------------------------------------------------------- the web demo
+
+
+def test_the_demo_shows_the_shipped_styles(own_models):
+    from styletransfer.demo import StyleDemo
+
+    assert StyleDemo(device="cpu").library.styles == ["starry_night", "wave"]
+    assert StyleDemo(own_models, device="cpu").library.styles == ["starry_night", "stripes", "wave"]
