@@ -11,9 +11,13 @@ import pytest
 from PIL import Image
 
 from styletransfer.errors import StyleTransferError
+from styletransfer.evaluate import training_style
 from styletransfer.models import (
     MODELS_ENV,
     SHIPPED_MODELS,
+    SHIPPED_STYLES,
+    find_models,
+    find_style_image,
     resolve_model,
     resolve_models,
 )
@@ -141,11 +145,37 @@ def test_a_name_with_a_file_extension_is_a_path(tmp_path, capsys):
     assert "neither a checkpoint file nor a model name" not in capsys.readouterr().err
 
 
-# --------------------------------------------------------------- the web demo
+# --------------------------------------------------------------- shipped models and paintings
 
 
-def test_the_demo_shows_the_shipped_styles(own_models):
-    from styletransfer.demo import StyleDemo
+def test_every_shipped_style_has_its_painting_credited():
+    models, skipped = find_models(shipped=True)
+    assert skipped == [] and [m.name for m in models] == SHIPPED
+    credits = (SHIPPED_STYLES / "CREDITS.md").read_text()
+    for style in {m.style for m in models}:
+        painting = find_style_image(style)
+        assert painting is not None and painting.parent == SHIPPED_STYLES, style
+        with Image.open(painting) as img:
+            assert max(img.size) <= 1024
+        assert painting.name in credits and "public domain" in credits
+        for m in models:
+            assert m.meta["style_credit"].split(",")[0] in credits  # the painter
 
-    assert StyleDemo(device="cpu").library.styles == ["starry_night", "wave"]
+
+def test_evaluate_finds_a_shipped_models_painting_when_the_recorded_one_is_gone():
+    path = SHIPPED_MODELS / "wave" / "in.safetensors"
+    meta = {"style": "wave", "config": {"style": "/nowhere/styles/wave.jpg"}}
+    assert training_style(path, meta) == SHIPPED_STYLES / "wave.jpg"
+    with pytest.raises(StyleTransferError, match="training style image is not found"):
+        training_style(path, {"style": "wave", "config": {"style": "/nowhere/my-own-wave.png"}})
+
+
+def test_the_demo_shows_the_shipped_styles_with_their_paintings(own_models):
+    from styletransfer.demo import EXAMPLES, StyleDemo
+
+    demo = StyleDemo(device="cpu")
+    assert demo.library.styles == ["starry_night", "wave"]
+    text, painting = demo.style_panel("wave")
+    assert "Katsushika Hokusai" in text and painting is not None and max(painting.size) == 512
     assert StyleDemo(own_models, device="cpu").library.styles == ["starry_night", "stripes", "wave"]
+    assert sorted(p.name for p in EXAMPLES.glob("*.jpg")) == ["astronaut.jpg", "chelsea.jpg", "coffee.jpg", "rocket.jpg"]
