@@ -1,4 +1,4 @@
-"""The ``styletransfer`` command: train, stylize, compare, plot, list, export, evaluate.
+"""The ``styletransfer`` command: train, stylize, compare, plot, list, export, evaluate, demo.
 
 The ``train`` options are derived from :class:`styletransfer.config.TrainConfig`'s fields
 (names, help text, defaults); the other commands import their modules only when they run.
@@ -413,3 +413,13 @@ def evaluate(
         save_image(grid_image(ev, min(GRID_CELL, size)), grid)
         err.print(f"wrote {grid}", highlight=False)
 
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
+def demo(ctx: typer.Context) -> None:
+    """Start the web demo: stylise a photo with every norm of a style, side by side (--help lists its options).
+
+    Example: styletransfer demo --port 7860, then open http://127.0.0.1:7860
+    """
+    from .demo import main as serve
+
+    serve(ctx.args, prog="styletransfer demo")

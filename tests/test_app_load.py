@@ -56,7 +56,8 @@ def server(tmp_path_factory):
     for seed, norm in enumerate(NORMS):
         write_checkpoint(ckpts, "stripes", norm, seed)
     port = demo_app.free_port()
-    args = [sys.executable, "-m", "styletransfer.demo", "--checkpoints", ckpts, "--port", port, "--host", "127.0.0.1", "--device", "cpu"]
+    args = [sys.executable, "-m", "styletransfer", "demo", "--checkpoints", ckpts, "--port", port,
+            "--host", "127.0.0.1", "--device", "cpu"]  # fmt: skip
     proc = subprocess.Popen(list(map(str, args)), cwd=Path(demo_app.__file__).parents[1], text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
     output: list[str] = []
