@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import sysconfig
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -179,3 +182,64 @@ def test_the_demo_shows_the_shipped_styles_with_their_paintings(own_models):
     assert "Katsushika Hokusai" in text and painting is not None and max(painting.size) == 512
     assert StyleDemo(own_models, device="cpu").library.styles == ["starry_night", "stripes", "wave"]
     assert sorted(p.name for p in EXAMPLES.glob("*.jpg")) == ["astronaut.jpg", "chelsea.jpg", "coffee.jpg", "rocket.jpg"]
+
+
+# --------------------------------------------------------------- the installed package
+
+
+def _copy_sources(dest: Path) -> Path:
+    """What a build reads, copied so that building leaves nothing in the checkout."""
+    dest.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, dest / name)
+    for name in ("styletransfer", "styles", "examples"):
+        shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return dest
+
+
+def _venv_on_top_of_this_one(folder: Path) -> Path:
+    """A fresh venv that sees this interpreter's installed packages (torch, ...) but not its
+    ``styletransfer``: their folders are added by a ``.pth`` file, which, unlike a site folder,
+    does not run the ``.pth`` files in them (among them an editable install's)."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True, timeout=120)
+    python = folder / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    outer = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    outer |= {p for p in sys.path if p.endswith(("site-packages", "dist-packages"))}
+    (Path(purelib) / "outer_site_packages.pth").write_text("".join(f"{p}\n" for p in sorted(outer)))
+    return python
+
+
+@pytest.mark.slow
+def test_the_wheel_holds_the_models_and_works_from_any_folder(tmp_path):
+    src = _copy_sources(tmp_path / "src")
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path / "dist", src]
+    subprocess.run(list(map(str, build)), check=True, capture_output=True, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("styletransfer-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for name in SHIPPED:
+        assert {f"styletransfer/checkpoints/{name}.safetensors", f"styletransfer/checkpoints/{name}.losses.jsonl.gz"} <= names
+    assert {"styletransfer/styles/starry_night.jpg", "styletransfer/styles/wave.jpg", "styletransfer/styles/CREDITS.md",
+            "styletransfer/examples/chelsea.jpg", "styletransfer/demo.py"} <= names  # fmt: skip
+    assert not any(n.startswith(("tests/", "benchmarks/", "styles/")) for n in names)
+
+    python = _venv_on_top_of_this_one(tmp_path / "venv")
+    install = [python, "-m", "pip", "install", "--no-deps", "--ignore-installed", "--no-index", "-q", wheel]
+    subprocess.run(list(map(str, install)), check=True, capture_output=True, timeout=300)
+    elsewhere = tmp_path / "elsewhere"
+    make_photo(elsewhere / "photo.png", size=(48, 32))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", MODELS_ENV)}
+    run = lambda *args: subprocess.run(list(map(str, args)), cwd=elsewhere, env=env, capture_output=True, text=True,
+                                       timeout=300)  # fmt: skip
+
+    where = run(python, "-c", "import styletransfer.demo as d; print(d.__file__); print(d.StyleDemo(device='cpu')"
+                ".library.style_image('wave')); print(d.EXAMPLES)")  # fmt: skip
+    assert where.returncode == 0, where.stderr
+    assert all(Path(line).is_relative_to(tmp_path / "venv") for line in where.stdout.split()), where.stdout
+    console_script = python.parent / ("styletransfer.exe" if os.name == "nt" else "styletransfer")
+    listed = run(console_script, "list")
+    assert listed.returncode == 0 and all(name in listed.stdout for name in SHIPPED), listed.stderr
+    made = run(console_script, "stylize", "photo.png", "-m", "wave", "-o", "photo-wave.jpg")
+    assert made.returncode == 0 and "wave: using wave/iebn" in made.stderr, made.stderr
+    assert Image.open(elsewhere / "photo-wave.jpg").size == (48, 32)
