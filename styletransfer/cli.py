@@ -313,24 +313,31 @@ def _models_table(folder: Path, models: list) -> Table:
 
 @app.command()
 def export(
-    checkpoint: Annotated[Path, typer.Argument(help="A training checkpoint.")],
+    model: Annotated[str, typer.Argument(help="A training checkpoint, or a model name (STYLE/NORM).", show_default=False)],
     output: Annotated[
         Path, typer.Argument(help="Where to write the compact model (.safetensors), or an ONNX model (.onnx).")
     ],
     half: Annotated[bool, typer.Option("--half/--full", help="Store weights as float16 (half the size).")] = True,
+    checkpoints: Annotated[Optional[Path], typer.Option(help=CHECKPOINTS_HELP, show_default=False)] = None,
 ) -> None:
     """Write a compact copy of a checkpoint for sharing: weights and metadata, no optimiser state.
 
     The run's losses.jsonl, if beside the checkpoint, is copied next to it as NAME.losses.jsonl.gz.
     An output ending in .onnx gets instead an fp32 ONNX model for onnxruntime (needs the onnx extra).
+
+    Example: styletransfer export runs/starry-iebn/checkpoint.safetensors models/starry/iebn.safetensors
     """
     import torch
 
     from .checkpoint import load_checkpoint, save_checkpoint
+    from .models import resolve_model
     from .onnx_export import export_onnx, is_onnx_path
     from .runs import export_log, exported_log_path
     from .stylize import refuse_overwriting_inputs
 
+    checkpoint, note = resolve_model(model, checkpoints)
+    if note:
+        err.print(note, highlight=False, soft_wrap=True)
     refuse_overwriting_inputs(output, [checkpoint])
     if is_onnx_path(output):
         export_onnx(checkpoint, output)

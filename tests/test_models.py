@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from styletransfer.checkpoint import read_metadata
 from styletransfer.errors import StyleTransferError
 from styletransfer.evaluate import training_style
 from styletransfer.models import (
@@ -140,6 +141,15 @@ def test_the_commands_take_the_lookup_order(own_models, tmp_path, monkeypatch, c
     assert "starry_night/iebn" not in out  # hidden by the folder's own starry_night
     assert run_cli("stylize", photo, "-m", "stripes", "--checkpoints", tmp_path / "empty", "-o", tmp_path / "b.png") == 1
     assert f"{tmp_path / 'empty'} does not exist" in capsys.readouterr().err
+
+
+def test_export_takes_a_name(tmp_path, capsys):
+    out = tmp_path / "mine" / "wave" / "in.safetensors"
+    assert run_cli("export", "wave/in", out) == 0
+    assert read_metadata(out)["style"] == "wave" and read_metadata(out)["norm"] == "in"
+    assert run_cli("export", "wave", tmp_path / "w.safetensors") == 0
+    assert "wave: using wave/iebn" in capsys.readouterr().err
+    assert read_metadata(tmp_path / "w.safetensors")["norm"] == "iebn"
 
 
 def test_a_name_with_a_file_extension_is_a_path(tmp_path, capsys):
