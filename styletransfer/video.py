@@ -165,6 +165,7 @@ def stylize_frames(stylizer, frames: np.ndarray) -> np.ndarray:
 
     The one place video frames meet the network.
     """
+    frames = frames if frames.flags.writeable else frames.copy()  # torch wants writable memory
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255)
     y = stylizer.stylize_tensor(x)
     return y.clamp(0, 1).mul(255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
