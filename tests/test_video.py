@@ -257,3 +257,22 @@ def test_probe_reads_rate_frames_and_sound(clip):
     info = probe(clip)
     assert (info.width, info.height, info.quarter_turns, info.frames, info.audio) == (WIDTH, HEIGHT, 0, FRAMES, "aac")
     assert info.rate == Fraction(FPS) and info.declared
+
+
+def test_frame_times_of_a_variable_rate_clip_are_kept(identity, tmp_path):
+    times = [0.0, 0.1, 0.2, 0.4, 0.5, 0.8, 0.85, 0.9]
+    src = tmp_path / "vfr.mkv"
+    with av.open(str(src), "w") as out:
+        video = out.add_stream("libx264", rate=20)
+        video.width, video.height, video.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        video.codec_context.time_base = Fraction(1, 1000)
+        for i, t in enumerate(times):
+            frame = av.VideoFrame.from_ndarray(test_frame(i), format="rgb24")
+            frame.pts, frame.time_base = round(t * 1000), Fraction(1, 1000)
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+    for suffix in (".mp4", ".webm"):
+        stylize_video(identity, src, tmp_path / f"out{suffix}", None)
+        with av.open(str(tmp_path / f"out{suffix}")) as c:
+            got = [round(f.time, 3) for f in c.decode(video=0)]
+        assert got == pytest.approx([t - times[0] + got[0] for t in times], abs=0.002), suffix
