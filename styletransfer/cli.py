@@ -124,15 +124,20 @@ app.command()(train)
 
 @app.command()
 def stylize(
-    inputs: Annotated[list[Path], typer.Argument(help="Image files and/or folders of images.")],
+    inputs: Annotated[list[Path], typer.Argument(help="Image and video files, and/or folders of them.")],
     model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)],
     output: Annotated[
         Path,
         typer.Option(
-            "--output", "-o", help="Output file (.png/.jpg/.webp) for one input, else a folder (PNG files)."
+            "--output",
+            "-o",
+            help="Output file for one input (.png/.jpg/.webp for an image; .mp4/.mov/.mkv (H.264) or .webm (VP9) for a "
+            "video), else a folder (images as PNG, videos in their own container, or MP4).",
         ),
     ] = Path("stylized"),
-    max_size: Annotated[int, typer.Option(help="Scale down so the long side is at most this; 0 keeps the size.")] = 1024,
+    max_size: Annotated[
+        int, typer.Option(help="Scale images and video frames down so the long side is at most this; 0 keeps the size.")
+    ] = 1024,
     device: Annotated[str, typer.Option(help="auto (CUDA if available), cpu, cuda or cuda:N.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16 (CUDA).")] = "auto",
     compile_choice: Annotated[
@@ -145,13 +150,18 @@ def stylize(
     ] = "auto",
     checkpoints: Annotated[Optional[Path], typer.Option(help=CHECKPOINTS_HELP, show_default=False)] = None,
 ) -> None:
-    """Stylise images with a trained checkpoint, keeping each image's size and aspect ratio.
+    """Stylise images and videos with a trained model, keeping each one's aspect ratio.
 
-    Example: styletransfer stylize photo.jpg -m starry_night/iebn -o photo-starry.jpg
+    Videos keep their frame rate and sound, are turned upright if the file says they are rotated,
+    and show a progress bar (frames, frames per second, time left).
+
+    Examples: styletransfer stylize photo.jpg -m starry_night/iebn -o photo-starry.jpg
+              styletransfer stylize clip.mp4 -m wave/in -o clip-wave.mp4
     """
     from .models import resolve_model
     from .onnx_export import open_model
     from .stylize import stylize_files
+    from .video import video_progress
 
     if max_size < 0:
         raise StyleTransferError("--max-size must be 0 (no limit) or positive")
@@ -163,7 +173,12 @@ def stylize(
     stylizer = open_model(path, device, precision)  # a .onnx model runs on onnxruntime
     if _should_compile(compile_choice, stylizer, inputs, max_size or None):
         stylizer.compile()
-    results = stylize_files(stylizer, inputs, output, max_size or None)
+    progress = video_progress(err)
+    try:
+        results = stylize_files(stylizer, inputs, output, max_size or None, progress)
+    finally:
+        if progress.live.is_started:  # only a run with videos started it
+            progress.stop()
     _report(results, output)
     if not all(r.ok for r in results):
         raise typer.Exit(1)
@@ -180,13 +195,24 @@ def _should_compile(choice: str, stylizer, inputs: list[Path], max_size: int | N
 
 
 def _report(results: list, output: Path) -> None:
-    """One error line per failed file, then how many images were written, and where."""
+    """One line per video written and per failed file, then how many images (and videos) were
+    written, and where."""
     for r in results:
         if not r.ok:
             err.print(f"[red]error:[/red] {r.error}", highlight=False, soft_wrap=True)
+        elif r.summary:
+            err.print(f"{r.output}: {r.summary}", highlight=False, soft_wrap=True)
     written = [r.output for r in results if r.ok]
     where = f" to {output}" if len(results) > 1 else f": {written[0]}" if written else ""
-    err.print(f"wrote {len(written)} image(s){where}", soft_wrap=True, highlight=False)
+    err.print(f"wrote {_written_counts(results)}{where}", soft_wrap=True, highlight=False)
+
+
+def _written_counts(results: list) -> str:
+    """E.g. "3 image(s)", "1 video(s)", "2 image(s) and 1 video(s)"; "0 image(s)" when none."""
+    videos = sum(1 for r in results if r.ok and r.summary)
+    images = sum(1 for r in results if r.ok) - videos
+    counts = [f"{n} {kind}(s)" for n, kind in ((images, "image"), (videos, "video")) if n]
+    return " and ".join(counts) or "0 image(s)"
 
 
 @app.command()

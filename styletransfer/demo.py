@@ -7,7 +7,8 @@
 then the shipped models.
 
 The page's stylise function is also the API endpoint ``/stylize`` (see the README's "Web demo").
-Tests build the page with :func:`build_app` and call :meth:`StyleDemo.stylize` directly.
+Tests build the page with :func:`build_app` and call :meth:`StyleDemo.stylize` and
+:meth:`StyleDemo.live_frame` (the live camera tab's stream function) directly.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import uuid
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
 from PIL import Image
 
 from .data import load_image, resize_long_side
@@ -35,6 +37,7 @@ from .norms import NORMS, norm_label
 from .plot import Run, draw_loss_curves, load_run
 from .runs import logs_beside_model, train_hint
 from .stylize import Stylizer
+from .video import stylize_frames
 
 __all__ = ["StyleDemo", "StyleLibrary", "build_app", "launch", "main"]
 
@@ -45,11 +48,20 @@ QUEUE_SIZE = 32  # requests waiting beyond this are turned away with "queue full
 CURVE_TERMS = ("content", "style", "total")
 RESULT_MAX_AGE_S = 3600
 STYLE_PREVIEW_SIZE = 512
+LIVE_SIZE_MIN, LIVE_SIZE_MAX, LIVE_SIZE_DEFAULT = 128, 512, 256
+LIVE_EVERY_S = 0.2  # the browser sends the newest camera frame this often
+LIVE_TIME_LIMIT_S = 120  # one viewer's stream; the next viewer waits in the queue until it ends
+LIVE_DEFAULT_NORM = "in"
 
 INTRO = """# Style transfer: BN, IN, BN+SE and IEBN side by side
 Upload a photo or pick an example, choose a style and press **Stylise**. Every normalisation trained
 on that style renders the photo; each result is captioned with its final training losses and the time
-it took. The **Training curves** tab shows how the models of the style learned."""
+it took. The **Training curves** tab shows how the models of the style learned; **Live camera**
+stylises your webcam with one model."""
+
+LIVE_HELP = f"""Allow the camera, then press **Record** to start: a frame is sent every {LIVE_EVERY_S:g} s and
+stylised by the chosen model. Frames that arrive while one is being stylised are dropped, so the picture
+stays current on a slow machine. One viewer streams at a time, for up to {LIVE_TIME_LIMIT_S} s."""
 
 
 def user_error(message: str) -> gr.Error:
@@ -89,6 +101,13 @@ class StyleLibrary:
             raise StyleTransferError(f"unknown style {style!r}; choose one of: {', '.join(self.styles)}")
         by_norm = self.by_style[style]
         return [by_norm[norm] for norm in NORMS if norm in by_norm]
+
+    def checkpoint(self, style: str, norm: str) -> Path:
+        """The checkpoint of ``style`` trained with ``norm``; StyleTransferError if there is none."""
+        for path, meta in self.checkpoints(style):
+            if meta["norm"] == norm:
+                return path
+        raise StyleTransferError(f"no {norm!r} model for the style {style!r}")
 
     def stylizer(self, path: Path) -> Stylizer:
         with self.model_lock:  # two first requests at once must not load the same model twice
@@ -141,6 +160,8 @@ class StyleDemo:
                  device: str = "auto", shipped: bool = True) -> None:  # fmt: skip
         self.library = StyleLibrary(checkpoints_dir, styles_dir, device, shipped)
         self.results = ResultFolder()
+        self.live_lock = threading.Lock()  # one camera frame is stylised at a time; the others are dropped
+        self.dropped_frames = 0
 
     def stylize(self, content: str | dict | None, style: str, size: float = SIZE_DEFAULT) -> list[tuple[str, str]]:
         """Stylise the image file ``content`` with each norm trained for ``style``, long side ``size``.
@@ -173,6 +194,41 @@ class StyleDemo:
         seconds = time.perf_counter() - start
         result.save(out, "PNG")
         return str(out), result_caption(meta, seconds)
+
+    def live_frame(self, frame: np.ndarray | None, style: str, norm: str, size: float = LIVE_SIZE_DEFAULT):
+        """One camera frame, an (H, W, 3) uint8 RGB array, stylised by the ``norm`` model of ``style``,
+        scaled so its long side is ``size`` pixels: an (h, w, 3) uint8 array.
+
+        A frame that arrives while another is being stylised is dropped: the call returns
+        ``gr.skip()`` at once and the page keeps the last result, so frames never pile up behind a
+        slow model. None (no frame yet) is skipped too. Bad choices raise a one-line ``gr.Error``.
+        """
+        if frame is None:
+            return gr.skip()
+        if not self.live_lock.acquire(blocking=False):
+            self.dropped_frames += 1
+            return gr.skip()
+        try:
+            return self.stylize_frame(frame, style, norm, checked_size(size, LIVE_SIZE_MIN, LIVE_SIZE_MAX))
+        finally:
+            self.live_lock.release()
+
+    def stylize_frame(self, frame: np.ndarray, style: str, norm: str, size: int) -> np.ndarray:
+        try:
+            stylizer = self.library.stylizer(self.library.checkpoint(style, norm))
+        except StyleTransferError as e:
+            raise user_error(str(e)) from None
+        image = resize_long_side(Image.fromarray(np.asarray(frame, np.uint8)[..., :3]), size)
+        return stylize_frames(stylizer, np.asarray(image)[None])[0]
+
+    def live_norms(self, style: str | None) -> dict:
+        """The norm choices of the live tab for ``style`` (its trained norms, IN selected if there), as
+        the ``choices`` and ``value`` of a ``gr.Radio``."""
+        if style not in self.library.by_style:
+            return {"choices": [], "value": None}
+        norms = [meta["norm"] for _, meta in self.library.checkpoints(style)]
+        value = LIVE_DEFAULT_NORM if LIVE_DEFAULT_NORM in norms else norms[0]
+        return {"choices": [(norm_label(n), n) for n in norms], "value": value}
 
     def style_panel(self, style: str | None) -> tuple[str, Image.Image | None]:
         """The style's name, credit and models as Markdown, and its painting if there is one."""
@@ -229,13 +285,13 @@ def upload_path(content: str | dict | None) -> Path | None:
     return Path(content) if content else None
 
 
-def checked_size(size: float) -> int:
+def checked_size(size: float, smallest: int = SIZE_MIN, largest: int = SIZE_MAX) -> int:
     try:
         size = float(size)
     except (TypeError, ValueError):
         raise user_error(f"output size must be a number of pixels, not {size!r}") from None
-    if not SIZE_MIN <= size <= SIZE_MAX:  # NaN fails this too
-        raise user_error(f"output size {size:g} is out of range; choose {SIZE_MIN} to {SIZE_MAX} pixels")
+    if not smallest <= size <= largest:  # NaN fails this too
+        raise user_error(f"output size {size:g} is out of range; choose {smallest} to {largest} pixels")
     return int(round(size))
 
 
@@ -326,12 +382,34 @@ def add_tabs(app: gr.Blocks, demo: StyleDemo) -> None:
                              height=380, format="png", buttons=["download", "fullscreen"], elem_id="results")  # fmt: skip
     with gr.Tab("Training curves"):
         curves = gr.Plot(format="png", show_label=False, elem_id="curves")
+    add_live_tab(demo)
     # Unpreprocessed, the stylise function reads the upload itself: any file gets its one-line error.
     run.click(demo.stylize, [content, style, size], results, api_name="stylize", preprocess=False)
     shown = [app.load, style.change]  # the first style is shown as soon as the page opens
     light = {"api_visibility": "private", "concurrency_limit": 2}  # not held up behind a long stylisation
     gr.on(shown, demo.style_panel, style, [style_info, style_image], **light)
     gr.on(shown, demo.loss_curves, style, curves, **light)
+
+
+def add_live_tab(demo: StyleDemo) -> None:
+    """The Live camera tab: the webcam streams through one model, newest frame first."""
+    styles = demo.library.styles
+    with gr.Tab("Live camera"):
+        with gr.Row():
+            camera = gr.Image(label="Camera", sources=["webcam"], streaming=True, type="numpy", height=360, elem_id="camera")
+            result = gr.Image(label="Stylised", interactive=False, format="jpeg", height=360, elem_id="live-result")
+        with gr.Row():
+            style = gr.Dropdown([(pretty(s), s) for s in styles], value=styles[0], label="Style", elem_id="live-style")
+            norm = gr.Radio(label="Normalisation", elem_id="live-norm", **demo.live_norms(styles[0]))
+            size = gr.Slider(LIVE_SIZE_MIN, LIVE_SIZE_MAX, value=LIVE_SIZE_DEFAULT, step=32,
+                             label="Size (long side, pixels)", elem_id="live-size")  # fmt: skip
+        gr.Markdown(LIVE_HELP)
+    # Gradio hands a stream event only the newest frame once the previous call returns; the lock in
+    # live_frame drops frames in any other case (another viewer, a raised concurrency limit).
+    camera.stream(demo.live_frame, [camera, style, norm, size], result, stream_every=LIVE_EVERY_S,
+                  time_limit=LIVE_TIME_LIMIT_S, concurrency_limit=1, trigger_mode="always_last",
+                  show_progress="hidden", api_visibility="private")  # fmt: skip
+    style.change(lambda s: gr.Radio(**demo.live_norms(s)), style, norm, api_visibility="private", concurrency_limit=2)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
