@@ -9,6 +9,7 @@ follow: the frames of a video, a folder of same-sized photos, a long-lived serve
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -45,7 +46,9 @@ def worth_compiling(files: list[Path], max_size: int | None, threshold: int = CO
 
 def _size_of(path: Path) -> tuple[int, int] | None:
     try:
-        with Image.open(path) as img:
-            return img.size
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. a decompression bomb: refused when it is stylised
+            with Image.open(path) as img:
+                return img.size
     except Exception:  # an unreadable file gets its own error when it is stylised
         return None
