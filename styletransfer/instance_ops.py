@@ -23,6 +23,8 @@ import torch
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
+__all__ = ["instance_moments", "instance_scale_shift", "use_native_kernels"]
+
 
 def _param_dtype(x: torch.Tensor) -> torch.dtype:
     """The kernels take fp32 statistics and affine parameters for fp32, bf16 and fp16 input."""

@@ -26,6 +26,10 @@ from .errors import StyleTransferError, one_line
 from .norms import norm_label
 from .tiling import parse_tile
 
+__all__ = [
+    "ExportableNet", "OnnxStylizer", "export_onnx", "is_onnx_path", "onnx_metadata", "open_model", "read_onnx_metadata",
+]  # fmt: skip
+
 ONNX_FORMAT = "styletransfer-onnx"
 ONNX_FORMAT_VERSION = 1
 INPUT_NAME = "image"
@@ -218,7 +222,7 @@ class OnnxStylizer:
         (y,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: x})
         return torch.from_numpy(y)
 
-    def stylize(self, image: Image.Image, tile: str | int = "auto", progress=None) -> Image.Image:
+    def stylize(self, image: Image.Image, tile: str | int = "auto", tile_progress=None) -> Image.Image:
         """An RGB image in, its stylisation (same size) out, untiled: ``tile`` may be ``auto`` or
         ``off``; a tile side is a StyleTransferError (tiling needs the checkpoint's network)."""
         if parse_tile(tile) not in ("auto", "off"):

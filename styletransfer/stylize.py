@@ -15,10 +15,11 @@ from .data import IMAGE_SUFFIXES, find_images, image_to_tensor, load_image, tens
 from .devices import autocast, is_out_of_memory, pick_device, release_memory, resolve_precision
 from .errors import OutOfMemory, StyleTransferError, cannot_write
 from .tiling import ProgressCallback, stylize_image_in_tiles, tile_side
+from .video import VIDEO_SUFFIXES, check_video_output, find_videos, is_video, stylize_video, video_output_suffix
 
 __all__ = [
-    "FileResult", "OUTPUT_FORMATS", "Stylizer", "output_format", "plan_outputs", "refuse_overwriting_inputs",
-    "save_image", "stylize_files",
+    "FileResult", "OUTPUT_FORMATS", "Stylizer", "expand_inputs", "output_format", "plan_outputs",
+    "refuse_overwriting_inputs", "save_image", "stylize_files",
 ]  # fmt: skip
 
 OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
@@ -38,6 +39,15 @@ class Stylizer:
         self.device = pick_device(device)
         self.dtype = resolve_precision(precision, self.device)
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
+        self.network = self.model  # what runs: the model itself, or its compiled form
+
+    def compile(self) -> Stylizer:
+        """Run a compiled form of the network from now on (see :mod:`styletransfer.compiled`):
+        each new image size costs seconds of compilation once, then runs faster. Returns self."""
+        from .compiled import compile_for_inference
+
+        self.network = compile_for_inference(self.model)
+        return self
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, device: str = "auto", precision: str = "auto") -> Stylizer:
@@ -68,21 +78,21 @@ class Stylizer:
         with self._memory_is_an_error(images.shape):
             x = images.to(self.device).contiguous(memory_format=torch.channels_last)
             with autocast(self.device, self.dtype):
-                y = self.model(x)
+                y = self.network(x)
             return y.float()
 
     def stylize(
-        self, image: Image.Image, tile: str | int = "auto", progress: ProgressCallback | None = None
+        self, image: Image.Image, tile: str | int = "auto", tile_progress: ProgressCallback | None = None
     ) -> Image.Image:
         """An RGB image in, its stylisation (same size) out; OutOfMemory as :meth:`stylize_tensor`.
 
         ``tile``: ``auto`` (tiles when the image is over the memory budget), ``off``, or a tile
-        side in pixels (see :mod:`styletransfer.tiling`; ``progress`` is its callback).
+        side in pixels (see :mod:`styletransfer.tiling`; ``tile_progress`` is its callback).
         """
         with self._memory_is_an_error((1, 3, image.height, image.width)):
             side = tile_side(tile, image.height, image.width, self.device)
             if side is not None:
-                return stylize_image_in_tiles(self.model, image, side, self.dtype, progress)
+                return stylize_image_in_tiles(self.model, image, side, self.dtype, tile_progress)
             return tensor_to_image(self.stylize_tensor(image_to_tensor(image)[None])[0])
 
     @contextmanager
@@ -118,14 +128,14 @@ def save_image(img: Image.Image, path: Path) -> None:
         raise cannot_write(path, e) from None
 
 
-def _expand_inputs(inputs: list[Path]) -> list[Path]:
-    """Files as given, folders replaced by the images inside them (recursively)."""
+def expand_inputs(inputs: list[Path]) -> list[Path]:
+    """Files as given, folders replaced by the images and videos inside them (recursively)."""
     files = []
     for p in inputs:
         if p.is_dir():
-            found = find_images(p)
+            found = sorted(find_images(p) + find_videos(p))
             if not found:
-                raise StyleTransferError(f"{p}: no images in this folder")
+                raise StyleTransferError(f"{p}: no images or videos in this folder")
             files.extend(found)
         else:
             files.append(p)
@@ -133,26 +143,38 @@ def _expand_inputs(inputs: list[Path]) -> list[Path]:
 
 
 def _names_a_file(out: Path) -> bool:
-    return out.suffix.lower() in OUTPUT_FORMATS or out.suffix.lower() in IMAGE_SUFFIXES
+    return out.suffix.lower() in OUTPUT_FORMATS or out.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES
+
+
+def _check_output_type(src: Path, out: Path) -> None:
+    """An image's output must be an image type, a video's a video type."""
+    if is_video(src):
+        check_video_output(out)
+    else:
+        output_format(out)
+
+
+def _output_suffix(src: Path) -> str:
+    return video_output_suffix(src) if is_video(src) else ".png"
 
 
 def plan_outputs(inputs: list[Path], given: list[Path], out: Path, suffix: str) -> list[Path]:
     """Where each input image goes, decided before anything is written.
 
     ``out`` itself for one file given and ``out`` named like an image; else
-    ``out/<sub-folder>/<name>-<suffix>.png``, keeping the sub-folders of a given folder. The
+    ``out/<sub-folder>/<name>-<suffix>.png`` (videos keep their container, or become ``.mp4``), keeping the sub-folders of a given folder. The
     paths returned are distinct and none is an input: inputs that would share a name keep their
     extension in it (``photo-jpg-...``, ``photo-png-...``), and a name still taken gets ``-2``,
     ``-3``, ... Raises StyleTransferError for an output file name with several inputs, or an
     output that is the input itself.
     """
     if len(inputs) == 1 and len(given) == 1 and not given[0].is_dir() and _names_a_file(out):
-        output_format(out)
+        _check_output_type(inputs[0], out)
         refuse_overwriting_inputs(out, inputs)
         return [out]
     if _names_a_file(out):
         raise StyleTransferError(f"{out}: several inputs need an output folder, not a file name")
-    wanted = [out / _relative_folder(p, given) / f"{p.stem}-{suffix}.png" for p in inputs]
+    wanted = [out / _relative_folder(p, given) / f"{p.stem}-{suffix}{_output_suffix(p)}" for p in inputs]
     return _distinct(inputs, wanted, suffix)
 
 
@@ -163,7 +185,7 @@ def _distinct(inputs: list[Path], wanted: list[Path], suffix: str) -> list[Path]
     planned = []
     for p, w in zip(inputs, wanted):
         if w in shared:
-            w = w.with_name(f"{p.stem}-{p.suffix.lstrip('.').lower()}-{suffix}.png")
+            w = w.with_name(f"{p.stem}-{p.suffix.lstrip('.').lower()}-{suffix}{w.suffix}")
         w = _first_free(w, taken)
         taken.add(_same_file_key(w))
         planned.append(w)
@@ -198,11 +220,13 @@ def _relative_folder(path: Path, given: list[Path]) -> Path:
 
 @dataclass
 class FileResult:
-    """What happened to one input file: written to ``output``, or ``error`` (one line)."""
+    """What happened to one input file: written to ``output``, or ``error`` (one line); for a video,
+    ``summary`` says what was written (frames, size, rate, length, sound)."""
 
     source: Path
     output: Path
     error: str | None = None
+    summary: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -210,26 +234,32 @@ class FileResult:
 
 
 def stylize_files(
-    stylizer: Stylizer, inputs: list[Path], out: Path, max_size: int | None, **options
-) -> list[FileResult]:  # fmt: skip
-    """Stylise image files and folders of images (searched recursively) into ``out``.
+    stylizer: Stylizer, inputs: list[Path], out: Path, max_size: int | None, progress=None, **options
+) -> list[FileResult]:
+    """Stylise image and video files, and folders of them (searched recursively), into ``out``.
 
-    ``max_size``: the long side, in pixels, each image is scaled down to (None keeps its size);
-    ``options``: keyword options of :meth:`Stylizer.stylize` (``tile``, ``progress``).
+    Images give images, videos give videos (:func:`styletransfer.video.stylize_video`).
+    ``max_size``: the long side, in pixels, each image or frame is scaled down to (None keeps its
+    size); ``progress``: a :func:`styletransfer.video.video_progress` bar for the videos, or None;
+    ``options``: keyword options of :meth:`Stylizer.stylize` for the images (``tile``, ``tile_progress``).
     Returns one result per image file, in order; a file that fails does not stop the others.
     Raises StyleTransferError only for problems with the whole call (an empty folder, an
     output file name for several inputs).
     """
     if max_size is not None and max_size < 1:
         raise StyleTransferError(f"max_size must be at least 1 pixel (or None), not {max_size}")
-    files = _expand_inputs(inputs)
+    files = expand_inputs(inputs)
     outputs = plan_outputs(files, inputs, out, f"{stylizer.style}-{stylizer.norm}")
-    return [_stylize_file(stylizer, src, dst, max_size, options) for src, dst in zip(files, outputs)]
+    return [_stylize_file(stylizer, src, dst, max_size, progress, options) for src, dst in zip(files, outputs)]
 
 
-def _stylize_file(stylizer: Stylizer, src: Path, dst: Path, max_size: int | None, options: dict) -> FileResult:
+def _stylize_file(
+    stylizer: Stylizer, src: Path, dst: Path, max_size: int | None, progress=None, options: dict | None = None
+) -> FileResult:  # fmt: skip
     try:
-        save_image(stylizer.stylize(load_image(src, max_size), **options), dst)
+        if is_video(src):
+            return FileResult(src, dst, summary=stylize_video(stylizer, src, dst, max_size, progress=progress).line())
+        save_image(stylizer.stylize(load_image(src, max_size), **(options or {})), dst)
         return FileResult(src, dst)
     except OutOfMemory as e:
         return FileResult(src, dst, f"{src}: {e}")

@@ -1,9 +1,13 @@
-"""The web demo (app.py): its stylise function, its API through gradio_client, and the page in a browser."""
+"""The web demo (styletransfer/demo.py): its stylise and live camera functions, its API through gradio_client,
+and the page in a browser (with a fake camera for the live tab)."""
 
 from __future__ import annotations
 
 import gzip
 import json
+import tempfile
+import threading
+import time
 from pathlib import Path
 
 import gradio as gr
@@ -15,7 +19,7 @@ from PIL import Image
 from styletransfer.checkpoint import save_checkpoint
 from styletransfer.network import TransformerNet
 from styletransfer.norms import NORMS, norm_label
-import app as demo_app
+from styletransfer import demo as demo_app
 from .conftest import make_photo, write_checkpoint
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -38,7 +42,7 @@ def ckpts(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def demo(ckpts) -> demo_app.StyleDemo:
-    return demo_app.StyleDemo(ckpts, styles_dir=ckpts / "no-styles", device="cpu")
+    return demo_app.StyleDemo(ckpts, styles_dir=ckpts / "no-styles", device="cpu", shipped=False)
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +133,7 @@ def test_style_panel_shows_name_credit_and_painting(ckpts, tmp_path):
     styles = tmp_path / "styles"
     styles.mkdir()
     Image.new("RGB", (900, 600), (200, 30, 30)).save(styles / "stripes.jpg")
-    text, painting = demo_app.StyleDemo(ckpts, styles, "cpu").style_panel("stripes")
+    text, painting = demo_app.StyleDemo(ckpts, styles, "cpu", shipped=False).style_panel("stripes")
     assert "### stripes" in text and "Test Painter, Stripes, 2024" in text
     assert "BN, IN, BN+SE, IEBN (100 iterations each)" in text
     assert painting.size == (512, 341)
@@ -151,7 +155,7 @@ def test_loss_curves_prefer_the_full_log(demo):
 
 
 def test_no_checkpoints_explains_how_to_train(tmp_path):
-    app = demo_app.build_app(tmp_path / "empty", device="cpu")
+    app = demo_app.build_app(tmp_path / "empty", device="cpu", shipped=False)
     texts = [b.value for b in app.blocks.values() if isinstance(b, gr.Markdown)]
     train = "styletransfer train --style STYLE.jpg --content-dir PHOTOS/ --norm iebn --out runs/NAME"
     export = f"styletransfer export runs/NAME/checkpoint.safetensors {(tmp_path / 'empty').as_posix()}/NAME/iebn.safetensors"
@@ -170,7 +174,7 @@ def styles(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def served(ckpts, styles):
     """The app on a free local port, as ``python app.py --port 0`` starts it."""
-    app = demo_app.build_app(ckpts, styles, device="cpu")
+    app = demo_app.build_app(ckpts, styles, device="cpu", shipped=False)
     _, url, _ = demo_app.launch(app, port=0, prevent_thread_lock=True, quiet=True)
     yield url
     app.close()
@@ -250,3 +254,107 @@ def test_page_in_a_browser(served, photo, tmp_path):
         finally:
             browser.close()
     assert (tmp_path / "stylise.png").stat().st_size > 10_000
+
+
+def camera_frame(seed: int = 0, size=(640, 480)) -> np.ndarray:
+    """A webcam frame as the page's camera hands it over: (H, W, 3) uint8 RGB."""
+    with tempfile.TemporaryDirectory() as folder:
+        return np.asarray(Image.open(make_photo(Path(folder) / "frame.png", size=size, seed=seed)).convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def frame() -> np.ndarray:
+    return camera_frame()
+
+
+def test_a_live_frame_is_stylised_at_the_chosen_size(demo, frame):
+    outputs = {norm: demo.live_frame(frame, "stripes", norm, 128) for norm in NORMS}
+    for out in outputs.values():
+        assert isinstance(out, np.ndarray) and out.dtype == np.uint8 and out.shape == (96, 128, 3)
+    assert not np.array_equal(outputs["bn"], outputs["in"])  # each norm's own model
+    portrait = demo.live_frame(np.ascontiguousarray(frame.transpose(1, 0, 2)), "stripes", "in", 160)
+    assert portrait.shape == (160, 120, 3)
+
+
+def test_live_frames_match_the_stylise_tab(demo, frame, tmp_path):
+    Image.fromarray(frame).save(tmp_path / "frame.png")
+    (path, _), = [r for r in demo.stylize(str(tmp_path / "frame.png"), "stripes", 256) if "IN ·" in r[1]]
+    still = np.asarray(Image.open(path)).astype(int)
+    assert np.abs(demo.live_frame(frame, "stripes", "in", 256).astype(int) - still).max() <= 1
+
+
+class Blocking:
+    """A stylizer that holds its first call until released, to have a frame "in progress"."""
+
+    def __init__(self) -> None:
+        self.started, self.release, self.calls = threading.Event(), threading.Event(), 0
+
+    def stylize_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        self.started.set()
+        assert self.release.wait(30)
+        return 1 - x
+
+
+def test_a_frame_arriving_while_one_is_stylised_is_dropped(ckpts, frame):
+    demo = demo_app.StyleDemo(ckpts, styles_dir=ckpts / "no-styles", device="cpu")
+    slow = Blocking()
+    demo.library.stylizer = lambda path: slow
+    first = {}
+    worker = threading.Thread(target=lambda: first.update(out=demo.live_frame(frame, "stripes", "in", 128)))
+    worker.start()
+    try:
+        assert slow.started.wait(30)
+        start = time.perf_counter()
+        dropped = [demo.live_frame(camera_frame(seed), "stripes", "in", 128) for seed in (1, 2, 3)]
+        assert time.perf_counter() - start < 5  # returned at once, not after the frame in progress
+        assert dropped == [gr.skip()] * 3 and demo.dropped_frames == 3
+    finally:
+        slow.release.set()
+        worker.join(30)
+    assert slow.calls == 1 and first["out"].shape == (96, 128, 3)
+    assert isinstance(demo.live_frame(frame, "stripes", "in", 128), np.ndarray)  # free again: the next frame is stylised
+    assert slow.calls == 2
+
+
+def test_live_frame_refuses_bad_choices_in_one_line(demo, frame):
+    assert demo.live_frame(None, "stripes", "in", 256) == gr.skip()  # no picture yet
+    for args, message in [(("stripes", "xx", 256), "no 'xx' model for the style 'stripes'"),
+                          (("waves", "in", 256), "unknown style 'waves'"),
+                          (("stripes", "in", 4000), "out of range; choose 128 to 512 pixels")]:  # fmt: skip
+        with pytest.raises(gr.Error, match=message) as err:
+            demo.live_frame(frame, *args)
+        assert "\n" not in err.value.message
+
+
+def test_live_norm_choices_follow_the_style(demo):
+    assert demo.live_norms("stripes") == {"choices": [(norm_label(n), n) for n in NORMS], "value": "in"}
+    assert demo.live_norms("waves") == {"choices": [], "value": None}
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Chromium at /usr/bin/chromium (apt-get install chromium)")
+def test_live_camera_in_a_browser(served, tmp_path):
+    """Chromium's fake camera (a moving test pattern, 640x480) streams through the IN model."""
+    from playwright.sync_api import expect, sync_playwright
+
+    fake_camera = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS + fake_camera)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(60_000)
+            page.goto(served)
+            page.get_by_role("tab", name="Live camera").click()
+            expect(page.locator("#live-norm input[value=in]")).to_be_checked()
+            page.get_by_text("Click to Access Webcam").click()
+            page.locator("#camera button", has_text="Record").click()
+            result = page.locator("#live-result img")
+            expect(result).to_be_visible()
+            expect(result).to_have_js_property("complete", True)
+            assert result.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [256, 192]
+            page.screenshot(path=tmp_path / "live.png", full_page=True)
+            page.locator("#camera button", has_text="Stop").click()
+        finally:
+            browser.close()
+    assert (tmp_path / "live.png").stat().st_size > 10_000

@@ -208,7 +208,7 @@ def test_stylizer_tiles_a_picture_with_the_same_result():
     stylizer = Stylizer(randomised("se"), {"norm": "se"}, "cpu", "fp32")
     img = Image.fromarray((picture(*SMALL)[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8))
     calls = []
-    tiled = stylizer.stylize(img, tile=SIDE_SMALL, progress=lambda *args: calls.append(args))
+    tiled = stylizer.stylize(img, tile=SIDE_SMALL, tile_progress=lambda *args: calls.append(args))
     whole = stylizer.stylize(img, tile="off")
     assert calls and tiled.size == whole.size == SMALL[::-1]
     assert np.abs(np.asarray(tiled, dtype=int) - np.asarray(whole, dtype=int)).max() <= 1
