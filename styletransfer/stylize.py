@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -11,9 +12,11 @@ import torch
 from PIL import Image
 
 from .checkpoint import load_checkpoint, model_label
+from .controls import Controlled, Controls, apply_controls
 from .data import IMAGE_SUFFIXES, find_images, image_to_tensor, load_image, tensor_to_image
 from .devices import autocast, is_out_of_memory, pick_device, release_memory, resolve_precision
 from .errors import OutOfMemory, StyleTransferError, cannot_write
+from .streams import is_stdio, read_stdin_image, write_stdout_image
 from .video import VIDEO_SUFFIXES, check_video_output, find_videos, is_video, stylize_video, video_output_suffix
 
 __all__ = [
@@ -80,10 +83,23 @@ class Stylizer:
                 y = self.network(x)
             return y.float()
 
-    def stylize(self, image: Image.Image) -> Image.Image:
-        """An RGB image in, its stylisation (same size) out; OutOfMemory as :meth:`stylize_tensor`."""
+    def stylize(
+        self, image: Image.Image, strength: float = 1.0, preserve_color: bool = False, stroke_scale: float = 1.0
+    ) -> Image.Image:
+        """An RGB image in, its stylisation (same size) out, under the controls of
+        :class:`~styletransfer.controls.Controls` (``strength`` 0 to 1, ``preserve_color``,
+        ``stroke_scale``); the defaults give the network's plain output.
+
+        Raises StyleTransferError (one line naming the option) for a control out of range, and
+        OutOfMemory as :meth:`stylize_tensor`.
+        """
+        return self.render(image, Controls(strength, preserve_color, stroke_scale))
+
+    def render(self, image: Image.Image, controls: Controls = Controls()) -> Image.Image:
+        """As :meth:`stylize`, with the controls already checked in one :class:`Controls`."""
         with self._memory_is_an_error((1, 3, image.height, image.width)):
-            return tensor_to_image(self.stylize_tensor(image_to_tensor(image)[None])[0])
+            photo = image_to_tensor(image)[None].to(self.device)
+            return tensor_to_image(apply_controls(self.stylize_tensor, photo, controls)[0])
 
     @contextmanager
     def _memory_is_an_error(self, shape):
@@ -122,7 +138,7 @@ def expand_inputs(inputs: list[Path]) -> list[Path]:
     """Files as given, folders replaced by the images and videos inside them (recursively)."""
     files = []
     for p in inputs:
-        if p.is_dir():
+        if p.is_dir() and not is_stdio(p):
             found = sorted(find_images(p) + find_videos(p))
             if not found:
                 raise StyleTransferError(f"{p}: no images or videos in this folder")
@@ -151,21 +167,31 @@ def _output_suffix(src: Path) -> str:
 def plan_outputs(inputs: list[Path], given: list[Path], out: Path, suffix: str) -> list[Path]:
     """Where each input image goes, decided before anything is written.
 
-    ``out`` itself for one file given and ``out`` named like an image; else
-    ``out/<sub-folder>/<name>-<suffix>.png`` (videos keep their container, or become ``.mp4``), keeping the sub-folders of a given folder. The
+    ``out`` itself for one file given and ``out`` named like an image or video (or ``-``, standard
+    output, for one image); else ``out/<sub-folder>/<name>-<suffix>.png`` (videos keep their
+    container, or become ``.mp4``; ``-``, standard input, is named ``stdin``), keeping the
+    sub-folders of a given folder. The
     paths returned are distinct and none is an input: inputs that would share a name keep their
     extension in it (``photo-jpg-...``, ``photo-png-...``), and a name still taken gets ``-2``,
     ``-3``, ... Raises StyleTransferError for an output file name with several inputs, or an
     output that is the input itself.
     """
+    if is_stdio(out):
+        if len(inputs) != 1 or is_video(inputs[0]):
+            raise StyleTransferError("-o - writes one image to standard output: give one input image")
+        return [out]
     if len(inputs) == 1 and len(given) == 1 and not given[0].is_dir() and _names_a_file(out):
         _check_output_type(inputs[0], out)
         refuse_overwriting_inputs(out, inputs)
         return [out]
     if _names_a_file(out):
         raise StyleTransferError(f"{out}: several inputs need an output folder, not a file name")
-    wanted = [out / _relative_folder(p, given) / f"{p.stem}-{suffix}{_output_suffix(p)}" for p in inputs]
+    wanted = [out / _relative_folder(p, given) / f"{_stem(p)}-{suffix}{_output_suffix(p)}" for p in inputs]
     return _distinct(inputs, wanted, suffix)
+
+
+def _stem(path: Path) -> str:
+    return "stdin" if is_stdio(path) else path.stem
 
 
 def _distinct(inputs: list[Path], wanted: list[Path], suffix: str) -> list[Path]:
@@ -211,12 +237,18 @@ def _relative_folder(path: Path, given: list[Path]) -> Path:
 @dataclass
 class FileResult:
     """What happened to one input file: written to ``output``, or ``error`` (one line); for a video,
-    ``summary`` says what was written (frames, size, rate, length, sound)."""
+    ``summary`` says what was written (frames, size, rate, length, sound).
+
+    ``size``: the output's (width, height) in pixels; ``seconds``: wall time for this file
+    (reading, stylising, writing). Both are None when the file failed.
+    """
 
     source: Path
     output: Path
     error: str | None = None
     summary: str | None = None
+    size: tuple[int, int] | None = None
+    seconds: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -224,13 +256,17 @@ class FileResult:
 
 
 def stylize_files(
-    stylizer: Stylizer, inputs: list[Path], out: Path, max_size: int | None, progress=None
+    stylizer: Stylizer, inputs: list[Path], out: Path, max_size: int | None, progress=None, *,
+    controls: Controls = Controls(), stream_format: str = "PNG",
 ) -> list[FileResult]:
     """Stylise image and video files, and folders of them (searched recursively), into ``out``.
 
     Images give images, videos give videos (:func:`styletransfer.video.stylize_video`).
     ``max_size``: the long side, in pixels, each image or frame is scaled down to (None keeps its
     size); ``progress``: a :func:`styletransfer.video.video_progress` bar for the videos, or None.
+    ``controls``: strength, preserve colour and stroke scale, the same for every image and frame.
+    ``-`` as the only input reads one image from standard input; ``out`` ``-`` writes the one
+    result to standard output as ``stream_format`` (Pillow's name: PNG, JPEG or WEBP).
     Returns one result per image file, in order; a file that fails does not stop the others.
     Raises StyleTransferError only for problems with the whole call (an empty folder, an
     output file name for several inputs).
@@ -239,16 +275,33 @@ def stylize_files(
         raise StyleTransferError(f"max_size must be at least 1 pixel (or None), not {max_size}")
     files = expand_inputs(inputs)
     outputs = plan_outputs(files, inputs, out, f"{stylizer.style}-{stylizer.norm}")
-    return [_stylize_file(stylizer, src, dst, max_size, progress) for src, dst in zip(files, outputs)]
+    return [_stylize_file(stylizer, src, dst, max_size, progress, controls, stream_format)
+            for src, dst in zip(files, outputs)]  # fmt: skip
 
 
-def _stylize_file(stylizer: Stylizer, src: Path, dst: Path, max_size: int | None, progress=None) -> FileResult:
+def _stylize_file(
+    stylizer: Stylizer, src: Path, dst: Path, max_size: int | None, progress, controls: Controls, stream_format: str
+) -> FileResult:
     try:
+        start = time.perf_counter()
         if is_video(src):
-            return FileResult(src, dst, summary=stylize_video(stylizer, src, dst, max_size, progress=progress).line())
-        save_image(stylizer.stylize(load_image(src, max_size)), dst)
-        return FileResult(src, dst)
+            video = stylize_video(Controlled(stylizer, controls), src, dst, max_size, progress=progress)
+            return FileResult(src, dst, summary=video.line(), size=video.size, seconds=time.perf_counter() - start)
+        result = stylizer.render(_read(src, max_size), controls)
+        _write(result, dst, stream_format)
+        return FileResult(src, dst, size=result.size, seconds=time.perf_counter() - start)
     except OutOfMemory as e:
         return FileResult(src, dst, f"{src}: {e}")
     except StyleTransferError as e:
         return FileResult(src, dst, str(e))
+
+
+def _read(src: Path, max_size: int | None) -> Image.Image:
+    return read_stdin_image(max_size) if is_stdio(src) else load_image(src, max_size)
+
+
+def _write(img: Image.Image, dst: Path, stream_format: str) -> None:
+    if is_stdio(dst):
+        write_stdout_image(img, stream_format)
+    else:
+        save_image(img, dst)
