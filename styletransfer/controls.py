@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from .errors import StyleTransferError
 
 __all__ = [
-    "Controls", "STROKE_SCALE_MAX", "STROKE_SCALE_MIN", "YIQ_FROM_RGB", "apply_controls", "blend", "keep_photo_colours",
-    "match_mean_std", "network_size", "resize_to",
+    "Controls", "RGB_FROM_YIQ", "STROKE_SCALE_MAX", "STROKE_SCALE_MIN", "YIQ_FROM_RGB", "apply_controls", "blend",
+    "keep_photo_colours", "match_mean_std", "network_size", "resize_to",
 ]  # fmt: skip
 
 # The range in which the strokes scale with S and the photo stays recognisable; measured on the
@@ -39,6 +39,7 @@ YIQ_FROM_RGB = torch.tensor([
     [0.595716, -0.274453, -0.321263],
     [0.211456, -0.522591, 0.311135],
 ])  # fmt: skip
+RGB_FROM_YIQ = torch.linalg.inv(YIQ_FROM_RGB)
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,7 @@ def keep_photo_colours(stylised: torch.Tensor, photo: torch.Tensor, match_lumina
     yiq = torch.einsum("ij,bjhw->bihw", to_yiq, photo.float())
     luma = torch.einsum("j,bjhw->bhw", to_yiq[0], stylised.float())
     yiq[:, 0] = match_mean_std(luma, yiq[:, 0]) if match_luminance else luma
-    return torch.einsum("ij,bjhw->bihw", torch.linalg.inv(to_yiq), yiq).clamp_(0, 1)
+    return torch.einsum("ij,bjhw->bihw", RGB_FROM_YIQ.to(photo.device), yiq).clamp_(0, 1)
 
 
 def match_mean_std(values: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:

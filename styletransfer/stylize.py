@@ -111,7 +111,7 @@ class Stylizer:
             release_memory(self.device)
             raise OutOfMemory(
                 f"out of memory stylising {shape[0]} image(s) of {shape[-1]}x{shape[-2]} pixels on {self.device}; "
-                "choose a smaller size (--max-size)"
+                "choose a smaller size (--max-size) or a larger --stroke-scale"
             ) from None
 
 
