@@ -21,6 +21,7 @@ from PIL import Image
 from torch import nn
 
 from .checkpoint import FORMAT, META_KEY, atomic_write, load_checkpoint, model_label, validate_metadata
+from .controls import Controls, apply_controls
 from .data import image_to_tensor, tensor_to_image
 from .errors import StyleTransferError, one_line
 from .norms import norm_label
@@ -192,7 +193,7 @@ class OnnxStylizer:
     """An exported ``.onnx`` model run by onnxruntime on the CPU, in fp32.
 
     Offers what callers use of :class:`styletransfer.stylize.Stylizer`: ``meta``, ``norm``,
-    ``style``, ``label``, ``stylize_tensor`` and ``stylize``.
+    ``style``, ``label``, ``stylize_tensor``, ``stylize`` and ``render`` (with the controls).
     """
 
     def __init__(self, path: str | Path, device: str = "auto", precision: str = "auto") -> None:
@@ -221,9 +222,16 @@ class OnnxStylizer:
         (y,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: x})
         return torch.from_numpy(y)
 
-    def stylize(self, image: Image.Image) -> Image.Image:
-        """An RGB image in, its stylisation (same size) out."""
-        return tensor_to_image(self.stylize_tensor(image_to_tensor(image)[None])[0])
+    def stylize(
+        self, image: Image.Image, strength: float = 1.0, preserve_color: bool = False, stroke_scale: float = 1.0
+    ) -> Image.Image:
+        """An RGB image in, its stylisation (same size) out, under the controls of
+        :class:`~styletransfer.controls.Controls`, as :meth:`Stylizer.stylize <styletransfer.stylize.Stylizer.stylize>`."""
+        return self.render(image, Controls(strength, preserve_color, stroke_scale))
+
+    def render(self, image: Image.Image, controls: Controls = Controls()) -> Image.Image:
+        """As :meth:`stylize`, with the controls already checked in one :class:`Controls`."""
+        return tensor_to_image(apply_controls(self.stylize_tensor, image_to_tensor(image)[None], controls)[0])
 
 
 def check_cpu_fp32(path: Path, device: str, precision: str) -> None:

@@ -230,3 +230,16 @@ def test_compare_with_controls(model, photo_path, tmp_path):
     content, stylised = cells(tmp_path / "kept.png")
     assert chroma_difference(Image.fromarray(stylised.astype(np.uint8)), Image.fromarray(content.astype(np.uint8))) < 4
     assert np.abs(stylised - content).mean() > 5
+
+
+def test_an_onnx_model_takes_the_same_controls(model, photo_path, photo, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from styletransfer.onnx_export import export_onnx
+
+    onnx_model = export_onnx(model, tmp_path / "in.onnx")
+    by_torch = stylize_cli(model, photo_path, tmp_path / "torch.png", "--precision", "fp32", "--preserve-color",
+                           "--stroke-scale", "1.5", "--strength", "0.7")  # fmt: skip
+    by_onnx = stylize_cli(onnx_model, photo_path, tmp_path / "onnx.png", "--preserve-color", "--stroke-scale", "1.5",
+                          "--strength", "0.7")  # fmt: skip
+    assert np.abs(pixels(by_onnx) - pixels(by_torch)).max() <= 1
+    assert np.array_equal(pixels(stylize_cli(onnx_model, photo_path, tmp_path / "0.png", "--strength", "0")), pixels(photo))
