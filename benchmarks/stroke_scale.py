@@ -35,8 +35,8 @@ from styletransfer.compare import comparison_grid  # noqa: E402
 from styletransfer.controls import apply_controls, network_size  # noqa: E402
 from styletransfer.data import find_images, image_to_tensor, load_image, resize_long_side, tensor_to_image  # noqa: E402
 from styletransfer.evaluate import Scorer  # noqa: E402
-from styletransfer.models import resolve_model  # noqa: E402
 from styletransfer.metrics import CONTENT_DISTANCE_LAYER, content_distance, quantise, style_distance  # noqa: E402
+from styletransfer.models import resolve_model  # noqa: E402
 from styletransfer.stylize import Stylizer  # noqa: E402
 
 SCALES = (0.25, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0, 3.0, 4.0, 6.0)

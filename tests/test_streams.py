@@ -73,7 +73,7 @@ def test_json_prints_one_record_per_output_and_keeps_messages_on_stderr(model, p
     for r, width in zip(good, (40, 48)):
         assert r["error"] is None and Path(r["output"]).is_file() and r["size"] == f"{width}x32"
         assert Image.open(r["output"]).size == (width, 32)
-        assert r["model"] == str(model) and (r["style"], r["norm"]) == ("stripes", "in")
+        assert r["model"] == r["model_path"] == str(model) and (r["style"], r["norm"]) == ("stripes", "in")
         assert r["seconds"] > 0 and r["max_size"] == 1024
         assert (r["strength"], r["preserve_color"], r["stroke_scale"]) == (1.0, True, 1.5)
     assert "broken.jpg" in proc.stderr and "wrote 2 image(s)" in proc.stderr and "Traceback" not in proc.stderr
