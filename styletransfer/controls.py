@@ -29,8 +29,9 @@ __all__ = [
     "keep_photo_colours", "match_mean_std", "network_size", "resize_to",
 ]  # fmt: skip
 
-# The range in which the strokes scale with S and the photo stays recognisable; measured on the
-# shipped checkpoints (docs/controls.md).
+# Measured on the shipped models (docs/controls.md, benchmarks/stroke_scale.py): below 0.5 their
+# strokes are at the pixel grid and only the cost (1/S²) grows; above 3 the network sees too small
+# a photo (at a 512-px output, under 171 px) and the result is a blur.
 STROKE_SCALE_MIN, STROKE_SCALE_MAX = 0.5, 3.0
 
 # RGB -> YIQ (NTSC 1953, as in Gatys et al. 2016's luminance-only transfer). Y is the BT.601 luma.

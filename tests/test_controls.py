@@ -243,3 +243,35 @@ def test_an_onnx_model_takes_the_same_controls(model, photo_path, photo, tmp_pat
                           "--strength", "0.7")  # fmt: skip
     assert np.abs(pixels(by_onnx) - pixels(by_torch)).max() <= 1
     assert np.array_equal(pixels(stylize_cli(onnx_model, photo_path, tmp_path / "0.png", "--strength", "0")), pixels(photo))
+
+
+# --- video frames ---------------------------------------------------------------------------
+
+
+def test_video_frames_get_the_same_controls_as_images(stylizer, photo):
+    from styletransfer.controls import Controlled
+    from styletransfer.video import stylize_frames
+
+    frames = np.stack([np.asarray(photo), np.asarray(photo)[::-1].copy()])
+    assert np.array_equal(stylize_frames(Controlled(stylizer, Controls(strength=0)), frames), frames)
+    controls = Controls(0.6, True, 2.0)
+    by_frame = stylize_frames(Controlled(stylizer, controls), frames)
+    for frame, out in zip(frames, by_frame):
+        assert np.abs(out.astype(int) - np.asarray(stylizer.render(Image.fromarray(frame), controls), int)).max() <= 1
+
+
+def test_cli_controls_reach_a_video(model, tmp_path):
+    av = pytest.importorskip("av")
+    from .test_video import make_clip
+
+    clip = make_clip(tmp_path / "clip.mp4", frames=6, audio=False)
+
+    def frames(path):
+        with av.open(str(path)) as container:
+            return np.stack([f.to_ndarray(format="rgb24").astype(int) for f in container.decode(video=0)])
+
+    for name, options in (("photo.mp4", ["--strength", "0"]), ("plain.mp4", [])):
+        assert run_cli("stylize", clip, "-m", model, "-o", tmp_path / name, "--device", "cpu", *options) == 0
+    source = frames(clip)
+    assert np.abs(frames(tmp_path / "photo.mp4") - source).mean() < 3  # the clip back, up to H.264's loss
+    assert np.abs(frames(tmp_path / "plain.mp4") - source).mean() > 20

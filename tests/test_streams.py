@@ -91,6 +91,7 @@ def test_stdin_to_a_folder_is_named_after_stdin(model, photo, tmp_path, monkeypa
         (["-", "PHOTO", "-o", "OUT/x.png"], "- (standard input) holds one image: give it as the only input"),
         (["PHOTO", "PHOTO2", "-o", "-"], "-o - writes one image to standard output: give one input image"),
         (["FOLDER", "-o", "-"], "-o - writes one image to standard output: give one input image"),
+        (["VIDEO", "-o", "-"], "-o - writes one image to standard output: give one input image"),
         (["PHOTO", "-o", "-", "--json"], "--json prints its records to standard output, which -o - fills with the image"),
         (["PHOTO", "-o", "-", "--format", "gif"], "--format 'gif' is not one of: png, jpg, webp"),
         (["PHOTO", "-o", "OUT/x.png", "--format", "jpg"], "--format is for -o - (standard output)"),
@@ -98,7 +99,8 @@ def test_stdin_to_a_folder_is_named_after_stdin(model, photo, tmp_path, monkeypa
 )
 def test_combinations_that_make_no_sense_are_one_line_errors(model, photo, tmp_path, capsys, args, message):
     second = make_photo(tmp_path / "second.png", seed=9)
-    names = {"PHOTO": photo, "PHOTO2": second, "FOLDER": tmp_path, "OUT/x.png": tmp_path / "out" / "x.png"}
+    names = {"PHOTO": photo, "PHOTO2": second, "FOLDER": tmp_path, "OUT/x.png": tmp_path / "out" / "x.png",
+             "VIDEO": tmp_path / "clip.mp4"}  # fmt: skip
     assert run_cli("stylize", *[names.get(a, a) for a in args], "-m", model) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {message}") and "\n" not in err
