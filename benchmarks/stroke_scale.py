@@ -8,7 +8,7 @@ For each model, output size and stroke scale S (also outside the allowed range),
 - stroke width, in output pixels: the power-weighted mean wavelength of the luminance of the
   stylisation of a smooth colour field (no edges of its own, so all fine structure is the
   network's strokes), high-passed by subtracting a Gaussian blur of sigma 48 px. It should grow
-  in proportion to S; it cannot fall much below 3 px (the finest detail 8-bit pixels show).
+  in proportion to S; it cannot fall much below 3 px (a pixel grid shows no period under 2 px).
 - content distance: ``styletransfer evaluate``'s, VGG19 relu4_2 of the output against the photo's.
 - style distance: ``styletransfer evaluate``'s, VGG19 Grams against the painting at 512 px.
 - seconds for one stylisation, and the size the network ran at.
