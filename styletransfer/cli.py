@@ -122,9 +122,23 @@ train.__signature__ = inspect.Signature(
 app.command()(train)
 
 
+# The stylisation controls, shared by stylize and compare (styletransfer.controls.Controls).
+Strength = Annotated[float, typer.Option(
+    help="Mix of stylisation and photo, 0 to 1: 1 is the stylisation, 0 the photo back, 0.5 half of each "
+    "(a linear blend of the RGB values).")]  # fmt: skip
+PreserveColor = Annotated[bool, typer.Option(
+    "--preserve-color", help="Keep the photo's colours: the stylisation's luminance with the photo's chrominance "
+    "(YIQ; Gatys et al. 2016, luminance-only transfer).")]  # fmt: skip
+StrokeScale = Annotated[float, typer.Option(
+    help="Brush strokes this many times as big (0.5 to 3) at the same output size: the network runs on the "
+    "image scaled by 1/S. Below 1 costs 1/S² the time and memory.")]  # fmt: skip
+
+
 @app.command()
 def stylize(
-    inputs: Annotated[list[Path], typer.Argument(help="Image and video files, and/or folders of them.")],
+    inputs: Annotated[
+        list[Path], typer.Argument(help="Image and video files, and/or folders of them; - reads one image from standard input.")
+    ],
     model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)],
     output: Annotated[
         Path,
@@ -132,12 +146,24 @@ def stylize(
             "--output",
             "-o",
             help="Output file for one input (.png/.jpg/.webp for an image; .mp4/.mov/.mkv (H.264) or .webm (VP9) for a "
-            "video), else a folder (images as PNG, videos in their own container, or MP4).",
+            "video), else a folder (images as PNG, videos in their own container, or MP4); - writes the image to "
+            "standard output.",
         ),
     ] = Path("stylized"),
     max_size: Annotated[
         int, typer.Option(help="Scale images and video frames down so the long side is at most this; 0 keeps the size.")
     ] = 1024,
+    strength: Strength = 1.0,
+    preserve_color: PreserveColor = False,
+    stroke_scale: StrokeScale = 1.0,
+    format_name: Annotated[
+        Optional[str], typer.Option("--format", help="Image type for -o -: png, jpg or webp. \\[default: png]")
+    ] = None,
+    json_records: Annotated[
+        bool,
+        typer.Option("--json", help="Print one JSON record per image or video to standard output (input, output, "
+                     "model, size, seconds, controls; or error); messages stay on standard error."),
+    ] = False,
     device: Annotated[str, typer.Option(help="auto (CUDA if available), cpu, cuda or cuda:N.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16 (CUDA).")] = "auto",
     tile: Annotated[
@@ -165,9 +191,11 @@ def stylize(
 
     Examples: styletransfer stylize photo.jpg -m starry_night/iebn -o photo-starry.jpg
               styletransfer stylize clip.mp4 -m wave/in -o clip-wave.mp4
+
+    In a pipe: styletransfer stylize - -m starry_night/iebn -o - < photo.jpg > stylised.png
     """
-    from .models import resolve_model
-    from .onnx_export import open_model
+    from .controls import Controls
+    from .streams import check_stream_options, stream_format
     from .stylize import stylize_files
     from .tiling import parse_tile, tile_progress
     from .video import video_progress
@@ -177,22 +205,35 @@ def stylize(
     if compile_choice not in ("auto", "on", "off"):
         raise StyleTransferError(f"--compile {compile_choice!r} is not one of: auto, on, off")
     tile = parse_tile(tile)
-    path, note = resolve_model(model, checkpoints)
-    if note:
-        err.print(note, highlight=False, soft_wrap=True)
-    stylizer = open_model(path, device, precision)  # a .onnx model runs on onnxruntime
+    controls = Controls(strength, preserve_color, stroke_scale)
+    check_stream_options(inputs, output, format_name, json_records)
+    path, stylizer = _open_stylizer(model, checkpoints, device, precision)
     if _should_compile(compile_choice, stylizer, inputs, max_size or None):
         stylizer.compile()
     progress = video_progress(err)
     try:
         with tile_progress(err) as tiles:
-            results = stylize_files(stylizer, inputs, output, max_size or None, progress, tile=tile, tile_progress=tiles)
+            results = stylize_files(stylizer, inputs, output, max_size or None, progress, controls=controls,
+                                    stream_format=stream_format(format_name), tile=tile, tile_progress=tiles)  # fmt: skip
     finally:
         if progress.live.is_started:  # only a run with videos started it
             progress.stop()
     _report(results, output)
+    if json_records:
+        _print_records(results, {"model": model, "model_path": str(path)}, stylizer, controls, max_size)
     if not all(r.ok for r in results):
         raise typer.Exit(1)
+
+
+def _open_stylizer(model: str, checkpoints: Path | None, device: str, precision: str):
+    """The model's file and its stylizer (a .onnx model runs on onnxruntime); a note if a name picked a norm."""
+    from .models import resolve_model
+    from .onnx_export import open_model
+
+    path, note = resolve_model(model, checkpoints)
+    if note:
+        err.print(note, highlight=False, soft_wrap=True)
+    return path, open_model(path, device, precision)
 
 
 def _should_compile(choice: str, stylizer, inputs: list[Path], max_size: int | None) -> bool:
@@ -205,6 +246,20 @@ def _should_compile(choice: str, stylizer, inputs: list[Path], max_size: int | N
     return choice == "on" or worth_compiling(expand_inputs(inputs), max_size)
 
 
+def _print_records(results: list, model: dict, stylizer, controls, max_size: int) -> None:
+    """One JSON object per line on standard output for each result (see the README's "Stylise");
+    ``model``: the model as given and the file it resolved to."""
+    import json
+
+    for r in results:
+        record = {
+            "input": str(r.source), "output": str(r.output) if r.ok else None, **model,
+            "style": stylizer.style, "norm": stylizer.norm, "size": f"{r.size[0]}x{r.size[1]}" if r.ok else None,
+            "seconds": round(r.seconds, 4) if r.ok else None, **controls.as_dict(), "max_size": max_size, "error": r.error,
+        }  # fmt: skip
+        print(json.dumps(record), flush=True)
+
+
 def _report(results: list, output: Path) -> None:
     """One line per video written and per failed file, then how many images (and videos) were
     written, and where."""
@@ -214,8 +269,14 @@ def _report(results: list, output: Path) -> None:
         elif r.summary:
             err.print(f"{r.output}: {r.summary}", highlight=False, soft_wrap=True)
     written = [r.output for r in results if r.ok]
-    where = f" to {output}" if len(results) > 1 else f": {written[0]}" if written else ""
-    err.print(f"wrote {_written_counts(results)}{where}", soft_wrap=True, highlight=False)
+    err.print(f"wrote {_written_counts(results)}{_where(written, len(results), output)}", soft_wrap=True,
+              highlight=False)  # fmt: skip
+
+
+def _where(written: list[Path], count: int, output: Path) -> str:
+    if str(output) == "-":
+        return " to standard output" if written else ""
+    return f" to {output}" if count > 1 else f": {written[0]}" if written else ""
 
 
 def _written_counts(results: list) -> str:
@@ -232,11 +293,15 @@ def compare(
     models: Annotated[list[str], typer.Option("--models", "-m", help=MODELS_HELP)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Grid image to write.")] = Path("compare.png"),
     size: Annotated[int, typer.Option(help="Side of each square cell in pixels.")] = 384,
+    strength: Strength = 1.0,
+    preserve_color: PreserveColor = False,
+    stroke_scale: StrokeScale = 1.0,
     checkpoints: Annotated[Optional[Path], typer.Option(help=CHECKPOINTS_HELP, show_default=False)] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
     """Write one labelled grid: each content image, then its stylisation by each model."""
     from .compare import compare as make_grid
+    from .controls import Controls
     from .data import load_image
     from .models import resolve_models
     from .stylize import Stylizer, output_format, refuse_overwriting_inputs, save_image
@@ -245,9 +310,10 @@ def compare(
     refuse_overwriting_inputs(output, contents)
     if size < 16:
         raise StyleTransferError("--size must be at least 16")
+    controls = Controls(strength, preserve_color, stroke_scale)
     stylizers = [Stylizer.from_checkpoint(p, device) for p in resolve_models(models, checkpoints)]
     images = [load_image(p, max_size=4 * size) for p in contents]
-    save_image(make_grid(images, stylizers, size), output)
+    save_image(make_grid(images, stylizers, size, controls), output)
     err.print(f"wrote {output} ({len(images)} x {len(stylizers)} stylisations)")
 
 

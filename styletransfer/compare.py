@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-
 from PIL import Image, ImageDraw, ImageFont
 
+from .controls import Controls
 from .errors import StyleTransferError
 from .stylize import Stylizer
 
@@ -41,10 +41,13 @@ def comparison_grid(rows: list[list[Image.Image]], captions: list[str]) -> Image
     return grid
 
 
-def compare(contents: list[Image.Image], stylizers: list[Stylizer], cell: int = 384) -> Image.Image:
+def compare(
+    contents: list[Image.Image], stylizers: list[Stylizer], cell: int = 384, controls: Controls = Controls()
+) -> Image.Image:
     """A grid with one row per content image: the content, then each model's stylisation.
 
-    Each cell is the image centre-cropped to a square of ``cell`` pixels (at least 16).
+    Each cell is the image centre-cropped to a square of ``cell`` pixels (at least 16); every
+    model stylises it under the same ``controls`` (strength, preserve colour, stroke scale).
     Raises StyleTransferError for a smaller cell, or a model that runs out of memory.
     """
     if cell < 16:
@@ -52,7 +55,7 @@ def compare(contents: list[Image.Image], stylizers: list[Stylizer], cell: int = 
     rows = []
     for content in contents:
         content = fit_square(content, cell)
-        rows.append([content] + [s.stylize(content) for s in stylizers])
+        rows.append([content] + [s.render(content, controls) for s in stylizers])
     return comparison_grid(rows, ["content"] + [s.label for s in stylizers])
 
 

@@ -29,6 +29,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
+from .controls import STROKE_SCALE_MAX, STROKE_SCALE_MIN, Controls
 from .data import load_image, resize_long_side
 from .devices import pick_device
 from .errors import StyleTransferError
@@ -163,11 +164,21 @@ class StyleDemo:
         self.live_lock = threading.Lock()  # one camera frame is stylised at a time; the others are dropped
         self.dropped_frames = 0
 
-    def stylize(self, content: str | dict | None, style: str, size: float = SIZE_DEFAULT) -> list[tuple[str, str]]:
+    def stylize(
+        self,
+        content: str | dict | None,
+        style: str,
+        size: float = SIZE_DEFAULT,
+        strength: float = 1.0,
+        preserve_color: bool = False,
+        stroke_scale: float = 1.0,
+    ) -> list[tuple[str, str]]:
         """Stylise the image file ``content`` with each norm trained for ``style``, long side ``size``.
 
-        ``content`` is a path, or the upload record ({"path": ...}) the page passes. Returns one
-        (PNG path, caption) pair per norm, in the order BN, IN, BN+SE, IEBN.
+        ``content`` is a path, or the upload record ({"path": ...}) the page passes. ``strength``,
+        ``preserve_color`` and ``stroke_scale`` are the controls of
+        :class:`~styletransfer.controls.Controls`. Returns one (PNG path, caption) pair per norm,
+        in the order BN, IN, BN+SE, IEBN; a bad value is a one-line error.
         """
         if not self.library.styles:
             raise user_error(f"{self.library.folder} holds no checkpoints; " + train_hint_line(self.library.folder))
@@ -176,21 +187,24 @@ class StyleDemo:
             raise user_error("no content photo: upload one or pick an example first")
         size = checked_size(size)
         try:
+            controls = checked_controls(strength, preserve_color, stroke_scale)
             checkpoints = self.library.checkpoints(style)
             image = load_content(path, size)
             folder, stem = self.results.new_folder(), file_stem(path)
             results = []
             for path, meta in checkpoints:
                 out = folder / f"{stem}-{style}-{meta['norm']}.png"  # the name a download gets
-                results.append(self.stylize_one(image, path, meta, out))
+                results.append(self.stylize_one(image, path, meta, out, controls))
             return results
         except StyleTransferError as e:
             raise user_error(str(e)) from None
 
-    def stylize_one(self, image: Image.Image, checkpoint: Path, meta: dict, out: Path) -> tuple[str, str]:
+    def stylize_one(
+        self, image: Image.Image, checkpoint: Path, meta: dict, out: Path, controls: Controls = Controls()
+    ) -> tuple[str, str]:
         stylizer = self.library.stylizer(checkpoint)
         start = time.perf_counter()
-        result = stylizer.stylize(image)
+        result = stylizer.render(image, controls)
         seconds = time.perf_counter() - start
         result.save(out, "PNG")
         return str(out), result_caption(meta, seconds)
@@ -295,6 +309,24 @@ def checked_size(size: float, smallest: int = SIZE_MIN, largest: int = SIZE_MAX)
     return int(round(size))
 
 
+def checked_controls(strength, preserve_color, stroke_scale) -> Controls:
+    """The controls as the page or an API client sends them (numbers may come as text); an error
+    names the API parameter (``stroke_scale``) rather than the command-line option."""
+    try:
+        return Controls(as_number(strength), preserve_color, as_number(stroke_scale))
+    except StyleTransferError as e:
+        option, _, rest = str(e).partition(" ")
+        raise StyleTransferError(f"{option.removeprefix('--').replace('-', '_')} {rest}") from None
+
+
+def as_number(value):
+    """``value`` as a float if it reads as one; otherwise as it is, for Controls to refuse by name."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
+
+
 def load_content(path: Path, size: int) -> Image.Image:
     """The photo scaled (up or down) so that its long side is ``size``, aspect ratio kept."""
     try:
@@ -377,6 +409,7 @@ def add_tabs(app: gr.Blocks, demo: StyleDemo) -> None:
             with gr.Column():
                 size = gr.Slider(SIZE_MIN, SIZE_MAX, value=SIZE_DEFAULT, step=32, label="Output size (long side, pixels)",
                                  elem_id="size")
+                controls = add_controls()
                 run = gr.Button("Stylise", variant="primary", elem_id="stylise")
         results = gr.Gallery(label="Results: norm · final style and content loss · time", columns=4, object_fit="contain",
                              height=380, format="png", buttons=["download", "fullscreen"], elem_id="results")  # fmt: skip
@@ -384,7 +417,7 @@ def add_tabs(app: gr.Blocks, demo: StyleDemo) -> None:
         curves = gr.Plot(format="png", show_label=False, elem_id="curves")
     add_live_tab(demo)
     # Unpreprocessed, the stylise function reads the upload itself: any file gets its one-line error.
-    run.click(demo.stylize, [content, style, size], results, api_name="stylize", preprocess=False)
+    run.click(demo.stylize, [content, style, size, *controls], results, api_name="stylize", preprocess=False)
     shown = [app.load, style.change]  # the first style is shown as soon as the page opens
     light = {"api_visibility": "private", "concurrency_limit": 2}  # not held up behind a long stylisation
     gr.on(shown, demo.style_panel, style, [style_info, style_image], **light)
@@ -410,6 +443,16 @@ def add_live_tab(demo: StyleDemo) -> None:
                   time_limit=LIVE_TIME_LIMIT_S, concurrency_limit=1, trigger_mode="always_last",
                   show_progress="hidden", api_visibility="private")  # fmt: skip
     style.change(lambda s: gr.Radio(**demo.live_norms(s)), style, norm, api_visibility="private", concurrency_limit=2)
+
+
+def add_controls() -> list:
+    """Strength, preserve colour and stroke scale, in the order of StyleDemo.stylize's parameters."""
+    strength = gr.Slider(0, 1, value=1, step=0.05, label="Strength (0: the photo, 1: full stylisation)",
+                         elem_id="strength")  # fmt: skip
+    preserve = gr.Checkbox(False, label="Preserve colour (the photo's colours, the style's strokes)", elem_id="preserve-color")
+    stroke = gr.Slider(STROKE_SCALE_MIN, STROKE_SCALE_MAX, value=1, step=0.1, label="Stroke scale (bigger or finer strokes)",
+                       elem_id="stroke-scale")  # fmt: skip
+    return [strength, preserve, stroke]
 
 
 def free_port(host: str = "127.0.0.1") -> int:

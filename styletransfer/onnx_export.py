@@ -21,6 +21,7 @@ from PIL import Image
 from torch import nn
 
 from .checkpoint import FORMAT, META_KEY, atomic_write, load_checkpoint, model_label, validate_metadata
+from .controls import Controls, apply_controls
 from .data import image_to_tensor, tensor_to_image
 from .errors import StyleTransferError, one_line
 from .norms import norm_label
@@ -193,7 +194,7 @@ class OnnxStylizer:
     """An exported ``.onnx`` model run by onnxruntime on the CPU, in fp32.
 
     Offers what callers use of :class:`styletransfer.stylize.Stylizer`: ``meta``, ``norm``,
-    ``style``, ``label``, ``stylize_tensor`` and ``stylize``.
+    ``style``, ``label``, ``stylize_tensor``, ``stylize`` and ``render`` (with the controls).
     """
 
     def __init__(self, path: str | Path, device: str = "auto", precision: str = "auto") -> None:
@@ -222,12 +223,20 @@ class OnnxStylizer:
         (y,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: x})
         return torch.from_numpy(y)
 
-    def stylize(self, image: Image.Image, tile: str | int = "auto", tile_progress=None) -> Image.Image:
-        """An RGB image in, its stylisation (same size) out, untiled: ``tile`` may be ``auto`` or
-        ``off``; a tile side is a StyleTransferError (tiling needs the checkpoint's network)."""
+    def stylize(
+        self, image: Image.Image, strength: float = 1.0, preserve_color: bool = False, stroke_scale: float = 1.0,
+        tile: str | int = "auto", tile_progress=None,
+    ) -> Image.Image:  # fmt: skip
+        """An RGB image in, its stylisation (same size) out, under the controls of
+        :class:`~styletransfer.controls.Controls`, as :meth:`Stylizer.stylize <styletransfer.stylize.Stylizer.stylize>`;
+        untiled: ``tile`` may be ``auto`` or ``off`` (tiling needs the checkpoint's network)."""
+        return self.render(image, Controls(strength, preserve_color, stroke_scale), tile)
+
+    def render(self, image: Image.Image, controls: Controls = Controls(), tile: str | int = "auto", tile_progress=None):
+        """As :meth:`stylize`, with the controls already checked in one :class:`Controls`."""
         if parse_tile(tile) not in ("auto", "off"):
             raise StyleTransferError(f"{self.path}: ONNX models are not tiled; use the .safetensors checkpoint")
-        return tensor_to_image(self.stylize_tensor(image_to_tensor(image)[None])[0])
+        return tensor_to_image(apply_controls(self.stylize_tensor, image_to_tensor(image)[None], controls)[0])
 
 
 def check_cpu_fp32(path: Path, device: str, precision: str) -> None:
