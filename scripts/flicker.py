@@ -4,7 +4,7 @@
 
 Makes a clip from one photo of ``examples/``: a slow pan from left to right with a slow zoom in
 (sub-pixel steps, no cuts), encoded as H.264 with PyAV. Then, for each style named and each
-norm shipped for it (``checkpoints/<style>/{bn,in,se,iebn}.safetensors``), stylises the clip's
+norm shipped for it (``styletransfer/checkpoints/<style>/{bn,in,se,iebn}.safetensors``), stylises the clip's
 decoded frames through the same pipeline as ``styletransfer stylize`` and reports
 
     flicker = mean over t, pixels of |out[t] - out[t-1]|  /  mean over t, pixels of |in[t] - in[t-1]|
@@ -82,7 +82,7 @@ def style_rows(style: str, clip: Path, args) -> list[tuple[str, float, float, fl
     """(norm label, flicker ratio, mean output change, mean input change) per shipped norm of ``style``."""
     rows = []
     for norm in NORMS:
-        path = ROOT / "checkpoints" / style / f"{norm}.safetensors"
+        path = ROOT / "styletransfer" / "checkpoints" / style / f"{norm}.safetensors"
         if not path.exists():
             continue
         stylizer = Stylizer.from_checkpoint(path, args.device, args.precision)
@@ -105,7 +105,7 @@ def table(results: dict[str, list[tuple[str, float, float, float]]]) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Temporal flicker of each shipped norm of the given styles.")
-    p.add_argument("styles", nargs="+", help="style folders in checkpoints/, e.g. starry_night wave")
+    p.add_argument("styles", nargs="+", help="shipped styles, e.g. starry_night wave")
     p.add_argument("--photo", type=Path, default=ROOT / "examples" / "coffee.jpg", help="photo the clip pans over")
     p.add_argument("--frames", type=int, default=72, help="frames in the clip (24 per second)")
     p.add_argument("--width", type=int, default=320, help="clip width in pixels")

@@ -12,10 +12,10 @@ import math
 import sys
 from pathlib import Path
 
+from styletransfer.models import SHIPPED_MODELS
 from styletransfer.norms import NORMS
 from styletransfer.runs import LOSS_TERMS, exported_log_path, read_log
 
-ROOT = Path(__file__).resolve().parents[1]
 DECIMALS = {"content": 3, "style": 4, "tv": 3, "total": 3}
 
 
@@ -31,7 +31,7 @@ def mean_and_error(values: list[float]) -> tuple[float, float]:
 
 
 def table(style: str) -> str:
-    logs = {norm: steps_of(ROOT / "checkpoints" / style / f"{norm}.safetensors") for norm in NORMS}
+    logs = {norm: steps_of(SHIPPED_MODELS / style / f"{norm}.safetensors") for norm in NORMS}
     last = min(max(log) for log in logs.values())
     steps = [s for s in range(last - last // 10 + 1, last + 1) if all(s in log for log in logs.values())]
     lines = [

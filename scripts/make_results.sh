@@ -7,7 +7,7 @@ mkdir -p docs/figures
 for style in "$@"; do
   styletransfer compare examples/chelsea.jpg examples/astronaut.jpg examples/rocket.jpg examples/coffee.jpg \
     -m "$style" -o "docs/figures/$style-grid.jpg" --size 256
-  styletransfer plot checkpoints/"$style"/{bn,in,se,iebn}.losses.jsonl.gz -o "docs/figures/$style-curves.png" \
+  styletransfer plot "$style" -o "docs/figures/$style-curves.png" \
     --title "training loss by normalisation: ${style//_/ }"
 done
-styletransfer list checkpoints
+styletransfer list styletransfer/checkpoints

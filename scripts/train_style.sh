@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Train the four models of one style (BN, IN, BN+SE, IEBN) with identical settings, seed and
-# photos, then export each to checkpoints/<name>/<norm>.safetensors with its loss log.
+# photos, then export each to $EXPORT/<name>/<norm>.safetensors (default models/) with its loss log;
+# `STYLETRANSFER_MODELS=models styletransfer stylize photo.jpg -m NAME` then finds them by name.
 # Resumable: run it again after an interruption and every run continues from its checkpoint.
 #
 #   scripts/train_style.sh STYLE_IMAGE NAME "CREDIT" [more styletransfer train options]
 #
-# The shipped checkpoints were made with the defaults below, on the CPU, with
+# The shipped models (styletransfer/checkpoints) were made with the defaults below, on the CPU,
+# from the paintings in styles/, with EXPORT=styletransfer/checkpoints and
 #   CONTENT_DIR=../shared/assets/content STYLETRANSFER_VGG_WEIGHTS=../shared/assets/vgg/vgg19-imagenet-features.pth
 set -euo pipefail
 style_image=$1 name=$2 credit=$3
@@ -13,7 +15,7 @@ shift 3
 : "${CONTENT_DIR:?set CONTENT_DIR to a folder of training photos}"
 : "${NORMS:=bn in se iebn}"
 : "${ITERATIONS:=1000}" "${IMAGE_SIZE:=128}" "${STYLE_SIZE:=256}" "${BATCH_SIZE:=4}" "${VGG:=vgg19}"
-: "${RUNS:=runs}" "${EXPORT:=checkpoints}"
+: "${RUNS:=runs}" "${EXPORT:=models}"
 
 for norm in $NORMS; do
   run="$RUNS/$name-$norm"

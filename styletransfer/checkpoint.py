@@ -24,7 +24,9 @@ from .errors import StyleTransferError, cannot_write, one_line
 from .network import TransformerNet
 from .norms import NORMS, norm_label
 
-__all__ = ["Checkpoint", "atomic_write", "load_checkpoint", "model_label", "read_metadata", "save_checkpoint"]
+__all__ = [
+    "Checkpoint", "atomic_write", "load_checkpoint", "model_label", "read_metadata", "save_checkpoint", "validate_metadata",
+]  # fmt: skip
 
 FORMAT = "styletransfer-checkpoint"
 FORMAT_VERSION = 1
@@ -229,6 +231,14 @@ def _parse_metadata(path: Path, raw: dict | None) -> dict:
         raise _invalid(path, "metadata", f"a JSON {type(meta).__name__}, not an object")
     if meta.get("format") != FORMAT:
         raise StyleTransferError(f"{path}: not a styletransfer checkpoint (format {meta.get('format')!r})")
+    return validate_metadata(path, meta)
+
+
+def validate_metadata(path: Path, meta: dict) -> dict:
+    """Check a model's metadata (a dict) against :data:`METADATA_SCHEMA`; returns it.
+
+    Raises StyleTransferError naming the file and the first field that does not conform.
+    """
     version = meta.get("version", 0)
     if _is_int(version) and version > FORMAT_VERSION:
         raise StyleTransferError(f"{path}: checkpoint format {version} is newer than this styletransfer")

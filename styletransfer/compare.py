@@ -2,60 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from PIL import Image, ImageDraw, ImageFont
 
-from .checkpoint import read_metadata
+from .controls import Controls
 from .errors import StyleTransferError
-from .norms import NORMS
 from .stylize import Stylizer
 
-__all__ = ["compare", "comparison_grid", "find_checkpoints", "fit_square", "resolve_models", "scan_checkpoints"]
+__all__ = ["compare", "comparison_grid", "fit_square"]
 
 CAPTION_HEIGHT = 36
 GAP = 6
 BACKGROUND = (255, 255, 255)
 TEXT = (20, 20, 20)
-
-
-def find_checkpoints(folder: str | Path = "checkpoints") -> list[tuple[Path, dict]]:
-    """Every valid checkpoint under ``folder`` (searched recursively) with its metadata,
-    ordered by style, then norm in the order of the norm table; other files are left out."""
-    return scan_checkpoints(folder)[0]
-
-
-def scan_checkpoints(folder: str | Path = "checkpoints") -> tuple[list[tuple[Path, dict]], list[str]]:
-    """As :func:`find_checkpoints`, and one error line for each ``.safetensors`` file left out."""
-    folder = Path(folder)
-    found, skipped = [], []
-    for path in sorted(folder.rglob("*.safetensors")) if folder.is_dir() else []:
-        try:
-            found.append((path, read_metadata(path)))
-        except StyleTransferError as e:
-            skipped.append(str(e))
-    order = {n: i for i, n in enumerate(NORMS)}
-    return sorted(found, key=lambda pm: (pm[1].get("style", ""), order[pm[1]["norm"]], str(pm[0]))), skipped
-
-
-def resolve_models(names: list[str], folder: str | Path = "checkpoints") -> list[Path]:
-    """Checkpoint files as given, or a style name standing for all its checkpoints in ``folder``.
-
-    Raises StyleTransferError for a name that is neither (listing the styles there are).
-    """
-    paths = []
-    for name in names:
-        p = Path(name)
-        if p.suffix == ".safetensors" or p.exists():
-            paths.append(p)
-            continue
-        matches = [path for path, meta in find_checkpoints(folder) if meta.get("style") == name]
-        if not matches:
-            styles = sorted({meta.get("style", "?") for _, meta in find_checkpoints(folder)})
-            known = f"; styles in {folder}: {', '.join(styles)}" if styles else f"; {folder} holds no checkpoints"
-            raise StyleTransferError(f"{name}: neither a checkpoint file nor a style name{known}")
-        paths.extend(matches)
-    return paths
 
 
 def _caption_font(size: int = 18) -> ImageFont.ImageFont:
@@ -83,10 +41,13 @@ def comparison_grid(rows: list[list[Image.Image]], captions: list[str]) -> Image
     return grid
 
 
-def compare(contents: list[Image.Image], stylizers: list[Stylizer], cell: int = 384) -> Image.Image:
+def compare(
+    contents: list[Image.Image], stylizers: list[Stylizer], cell: int = 384, controls: Controls = Controls()
+) -> Image.Image:
     """A grid with one row per content image: the content, then each model's stylisation.
 
-    Each cell is the image centre-cropped to a square of ``cell`` pixels (at least 16).
+    Each cell is the image centre-cropped to a square of ``cell`` pixels (at least 16); every
+    model stylises it under the same ``controls`` (strength, preserve colour, stroke scale).
     Raises StyleTransferError for a smaller cell, or a model that runs out of memory.
     """
     if cell < 16:
@@ -94,7 +55,7 @@ def compare(contents: list[Image.Image], stylizers: list[Stylizer], cell: int = 
     rows = []
     for content in contents:
         content = fit_square(content, cell)
-        rows.append([content] + [s.stylize(content) for s in stylizers])
+        rows.append([content] + [s.render(content, controls) for s in stylizers])
     return comparison_grid(rows, ["content"] + [s.label for s in stylizers])
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -34,31 +35,34 @@ MIN_STYLE_SIDE = 16
 MAX_CROP_ASPECT = 8
 
 
-def load_image(path: str | Path, max_size: int | None = None) -> Image.Image:
+def load_image(path: str | Path | BinaryIO, max_size: int | None = None, name: str | None = None) -> Image.Image:
     """Open ``path`` as an RGB image, upright (EXIF), with its long side at most ``max_size`` pixels.
 
-    Raises StyleTransferError (one line naming the file) for a missing, unreadable, damaged
-    or over-large (over :data:`MAX_PIXELS`) image.
+    ``path`` may also be an open binary file (e.g. standard input's bytes in a ``BytesIO``);
+    ``name`` is what error messages call the image (default: ``path``). Raises
+    StyleTransferError (one line naming the file) for a missing, unreadable, damaged or
+    over-large (over :data:`MAX_PIXELS`) image.
     """
-    path = Path(path)
+    source = path if hasattr(path, "read") else Path(path)
+    name = name or str(source)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's notes on odd files: the image decodes or fails
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 _refuse_too_many_pixels(img)
                 return _to_rgb(img, max_size)
     except FileNotFoundError:
-        raise StyleTransferError(f"{path}: no such file") from None
+        raise StyleTransferError(f"{name}: no such file") from None
     except IsADirectoryError:
-        raise StyleTransferError(f"{path}: is a folder, not an image") from None
+        raise StyleTransferError(f"{name}: is a folder, not an image") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise StyleTransferError(f"{path}: image too large (over {MAX_PIXELS:,} pixels)") from None
+        raise StyleTransferError(f"{name}: image too large (over {MAX_PIXELS:,} pixels)") from None
     except Image.UnidentifiedImageError:
-        raise StyleTransferError(f"{path}: not an image file (or a format Pillow cannot read)") from None
+        raise StyleTransferError(f"{name}: not an image file (or a format Pillow cannot read)") from None
     except MemoryError:
-        raise StyleTransferError(f"{path}: out of memory decoding this image; choose a smaller one") from None
+        raise StyleTransferError(f"{name}: out of memory decoding this image; choose a smaller one") from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:
-        raise StyleTransferError(f"{path}: cannot read image ({one_line(e)})") from None
+        raise StyleTransferError(f"{name}: cannot read image ({one_line(e)})") from None
 
 
 def _refuse_too_many_pixels(img: Image.Image) -> None:

@@ -34,7 +34,6 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from .compare import resolve_models
 from .data import MIN_STYLE_SIDE, image_to_tensor, load_image, load_style_image, tensor_to_image
 from .devices import pick_device
 from .errors import StyleTransferError
@@ -55,8 +54,13 @@ from .metrics import (
     quantise,
     style_distance,
 )
+from .models import find_style_image, resolve_models
 from .photos import Photo, find_photos, match_outputs, photo_stem, read_output, refuse_unreadable
 from .stylize import Stylizer, output_format
+
+__all__ = [
+    "GRID_CELL", "METRICS", "METRIC_TITLES", "Evaluation", "LossSettings", "Row", "Scorer", "evaluate", "model_rows", "run",
+]  # fmt: skip
 
 DEFAULT_SIZE = 512
 DEFAULT_STYLE_SIZE = 512
@@ -164,12 +168,14 @@ def row_description(row: Row) -> dict:
 # --- gathering photos, models and folders -------------------------------------------------
 
 
-def model_rows(names: list[str], checkpoints: Path, style: Path | None, device: str, precision: str) -> list[Row]:
-    """One row per checkpoint (a style name stands for all its checkpoints in ``checkpoints``).
+def model_rows(names: list[str], checkpoints: Path | None, style: Path | None, device: str, precision: str) -> list[Row]:
+    """One row per checkpoint (names are looked up as :mod:`styletransfer.models` says: a style
+    name stands for all its models, ``checkpoints`` is searched before the shipped models).
 
     The style image is ``style`` if given, else the one the model was trained on (recorded in
-    its metadata), which must still exist. Raises StyleTransferError for an unknown name, a
-    file that is not a checkpoint, or a style image that cannot be found.
+    its metadata) if it still exists, else the shipped painting of the same style and file
+    name. Raises StyleTransferError for an unknown name, a file that is not a checkpoint, or a
+    style image that cannot be found.
     """
     rows = []
     for path in resolve_models(names, checkpoints):
@@ -183,6 +189,9 @@ def training_style(path: Path, meta: dict) -> Path:
     recorded = (meta.get("config") or {}).get("style")
     if recorded and Path(recorded).is_file():
         return Path(recorded)
+    shipped = find_style_image(meta.get("style") or "?")
+    if recorded and shipped is not None and shipped.name == Path(recorded).name:
+        return shipped  # the same painting, shipped with the package (as for the shipped models)
     where = f" ({recorded} is not here)" if recorded else ""
     raise StyleTransferError(f"{path}: its training style image is not found{where}; give it with --style")
 
@@ -421,7 +430,7 @@ def run(
     models: list[str],
     outputs: list[Path],
     style: Path | None = None,
-    checkpoints: Path = Path("checkpoints"),
+    checkpoints: Path | None = None,
     size: int = DEFAULT_SIZE,
     style_size: int = DEFAULT_STYLE_SIZE,
     limit: int | None = None,

@@ -12,7 +12,8 @@ from PIL import Image
 
 from .checkpoint import atomic_write
 from .compare import comparison_grid, fit_square
-from .evaluate import CONTENT_DISTANCE_LAYER, GRID_CELL, METRIC_TITLES, METRICS, STYLE_DISTANCE_LAYERS, Evaluation
+from .evaluate import GRID_CELL, METRIC_TITLES, METRICS, Evaluation
+from .metrics import CONTENT_DISTANCE_LAYER, STYLE_DISTANCE_LAYERS
 
 __all__ = ["grid_image", "summary_table", "write_csv", "write_json"]
 

@@ -23,6 +23,8 @@ import torch
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
+__all__ = ["instance_moments", "instance_scale_shift", "use_native_kernels"]
+
 
 def _param_dtype(x: torch.Tensor) -> torch.dtype:
     """The kernels take fp32 statistics and affine parameters for fp32, bf16 and fp16 input."""
@@ -147,9 +149,25 @@ def _memory_format(x: torch.Tensor) -> torch.memory_format:
 NATIVE_KERNEL_DEVICES = ("cpu", "cuda")
 
 
+def use_native_kernels(x: torch.Tensor) -> bool:
+    """Whether ``x`` goes through the autograd functions above rather than plain torch ops.
+
+    Exporters get the plain ops: ``torch.onnx.export`` has no ONNX translation for
+    ``batch_norm_update_stats`` (nor for the in-place ``out=`` call of :func:`_affine`), and
+    its older tracing mode records the functions as opaque Python ops that compute something
+    else. Both checks are flag reads, so eager mode keeps its speed.
+    """
+    exporting = _torch_export_running() or torch.jit.is_tracing()
+    return x.device.type in NATIVE_KERNEL_DEVICES and not exporting
+
+
+# torch.export's flag; torch versions without it have no torch.export-based ONNX exporter either.
+_torch_export_running = getattr(torch.compiler, "is_exporting", lambda: False)
+
+
 def instance_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and biased variance over (H, W) of every (instance, channel) of ``x``, in fp32."""
-    if x.device.type in NATIVE_KERNEL_DEVICES:
+    if use_native_kernels(x):
         return InstanceMoments.apply(x)
     var, mean = torch.var_mean(x.to(_param_dtype(x)), dim=(2, 3), correction=0)
     return mean, var
@@ -164,6 +182,6 @@ def instance_scale_shift(
     """
     if centre is None:
         centre = torch.zeros_like(scale)
-    if x.device.type in NATIVE_KERNEL_DEVICES:
+    if use_native_kernels(x):
         return InstanceScaleShift.apply(x, scale, shift, centre)
     return ((x - centre[:, :, None, None]) * scale[:, :, None, None] + shift[:, :, None, None]).to(x.dtype)

@@ -29,15 +29,33 @@ from .instance_ops import instance_moments, instance_scale_shift
 from .syncbn import global_batch_stats, update_running_stats
 
 __all__ = [
-    "NORMS", "BatchNormSE", "IEBN2d", "InstanceNorm2d", "Norm", "SqueezeExcite", "convert_bn_to_iebn", "make_norm",
-    "norm_label", "norm_spec",
+    "NORMS", "BatchNormSE", "IEBN2d", "InstanceNorm2d", "InstanceStatistics", "Norm", "SqueezeExcite",
+    "convert_bn_to_iebn", "make_norm", "norm_label", "norm_spec",
 ]  # fmt: skip
 
 SE_REDUCTION = 16
 SE_MIN_HIDDEN = 8
 
 
-class IEBN2d(nn.BatchNorm2d):
+class InstanceStatistics:
+    """Mixin of the layers that use per-instance statistics of their input (IN, IEBN's gate, SE).
+
+    They take their statistics from :meth:`moments`, which is ``instance_moments(x)`` unless
+    ``moments_override`` is set: a callable ``x -> (mean, var)``, each (N, C) in fp32, used in
+    their place. Tiling (:mod:`styletransfer.tiling`) sets it to hand every tile the statistics
+    of the whole image; it is None otherwise, which costs one attribute read.
+    """
+
+    moments_override = None
+
+    def moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and biased variance over (H, W) of every (instance, channel), (N, C) each, fp32."""
+        if self.moments_override is None:
+            return instance_moments(x)
+        return self.moments_override(x)
+
+
+class IEBN2d(InstanceStatistics, nn.BatchNorm2d):
     """Instance Enhancement Batch Normalization, a drop-in for ``nn.BatchNorm2d``.
 
     BN without its own affine step is applied on batch statistics (training) or running
@@ -101,7 +119,7 @@ class IEBN2d(nn.BatchNorm2d):
         multiply-add, both on native batch-norm kernels (see :mod:`styletransfer.instance_ops`).
         """
         self._check_input_dim(x)
-        inst_mean, inst_var = instance_moments(x)  # fp32, shape (N, C)
+        inst_mean, inst_var = self.moments(x)  # fp32, shape (N, C)
         if self.training:
             # The batch's statistics follow from the instances' by the law of total variance.
             mean = inst_mean.mean(0)
@@ -126,7 +144,7 @@ class IEBN2d(nn.BatchNorm2d):
         return f"{super().extra_repr()}, excite={self.excite}, squeeze={self.squeeze}, activation={self.activation}"
 
 
-class InstanceNorm2d(nn.InstanceNorm2d):
+class InstanceNorm2d(InstanceStatistics, nn.InstanceNorm2d):
     """``nn.InstanceNorm2d`` computed on the per-instance kernels of IEBN.
 
     Same parameters and results; faster in bf16 and channels_last, where torch's own
@@ -135,16 +153,16 @@ class InstanceNorm2d(nn.InstanceNorm2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         unusual = self.track_running_stats or x.dim() != 4 or x.shape[1] != self.num_features
-        if unusual or x.shape[2] * x.shape[3] < 2:
+        if self.moments_override is None and (unusual or x.shape[2] * x.shape[3] < 2):
             return super().forward(x)  # torch's own layer, and its checks, for everything unusual
-        mean, var = instance_moments(x)
+        mean, var = self.moments(x)
         scale = torch.rsqrt(var + self.eps)
         if not self.affine:
             return instance_scale_shift(x, scale, torch.zeros_like(scale), mean)
         return instance_scale_shift(x, scale * self.weight, self.bias.expand_as(scale), mean)
 
 
-class SqueezeExcite(nn.Module):
+class SqueezeExcite(InstanceStatistics, nn.Module):
     """Squeeze-and-excitation: avg-pool, FC C->C/r, ReLU, FC C/r->C, sigmoid, rescale."""
 
     def __init__(self, channels: int, reduction: int = SE_REDUCTION) -> None:
@@ -154,7 +172,7 @@ class SqueezeExcite(nn.Module):
         self.fc2 = nn.Linear(hidden, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        squeezed, _ = instance_moments(x)  # the channel means, on the same fast kernel as IEBN's
+        squeezed, _ = self.moments(x)  # the channel means, on the same fast kernel as IEBN's
         s = torch.sigmoid(self.fc2(F.relu(self.fc1(squeezed))))
         return instance_scale_shift(x, s, torch.zeros_like(s))
 

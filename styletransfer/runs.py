@@ -176,7 +176,7 @@ class LossLog:
                 pass
 
 
-def train_hint(models: str | Path = "checkpoints") -> list[str]:
+def train_hint(models: str | Path = "models") -> list[str]:
     """The two commands that train a model and export it into the folder ``models``."""
     models = Path(models).as_posix()
     return [

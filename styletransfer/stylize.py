@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 from PIL import Image
 
 from .checkpoint import load_checkpoint, model_label
+from .controls import Controlled, Controls, apply_controls
 from .data import IMAGE_SUFFIXES, find_images, image_to_tensor, load_image, tensor_to_image
 from .devices import autocast, is_out_of_memory, pick_device, release_memory, resolve_precision
 from .errors import OutOfMemory, StyleTransferError, cannot_write
+from .streams import is_stdio, read_stdin_image, write_stdout_image
+from .tiling import ProgressCallback, stylize_image_in_tiles, tile_side
 from .video import VIDEO_SUFFIXES, check_video_output, find_videos, is_video, stylize_video, video_output_suffix
 
 __all__ = [
-    "FileResult", "OUTPUT_FORMATS", "Stylizer", "output_format", "plan_outputs", "refuse_overwriting_inputs",
-    "save_image", "stylize_files",
+    "FileResult", "OUTPUT_FORMATS", "Stylizer", "expand_inputs", "output_format", "plan_outputs",
+    "refuse_overwriting_inputs", "save_image", "stylize_files",
 ]  # fmt: skip
 
 OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
@@ -38,6 +43,15 @@ class Stylizer:
         self.device = pick_device(device)
         self.dtype = resolve_precision(precision, self.device)
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
+        self.network = self.model  # what runs: the model itself, or its compiled form
+
+    def compile(self) -> Stylizer:
+        """Run a compiled form of the network from now on (see :mod:`styletransfer.compiled`):
+        each new image size costs seconds of compilation once, then runs faster. Returns self."""
+        from .compiled import compile_for_inference
+
+        self.network = compile_for_inference(self.model)
+        return self
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, device: str = "auto", precision: str = "auto") -> Stylizer:
@@ -68,13 +82,46 @@ class Stylizer:
         with self._memory_is_an_error(images.shape):
             x = images.to(self.device).contiguous(memory_format=torch.channels_last)
             with autocast(self.device, self.dtype):
-                y = self.model(x)
+                y = self.network(x)
             return y.float()
 
-    def stylize(self, image: Image.Image) -> Image.Image:
-        """An RGB image in, its stylisation (same size) out; OutOfMemory as :meth:`stylize_tensor`."""
+    def stylize(
+        self,
+        image: Image.Image,
+        strength: float = 1.0,
+        preserve_color: bool = False,
+        stroke_scale: float = 1.0,
+        tile: str | int = "auto",
+        tile_progress: ProgressCallback | None = None,
+    ) -> Image.Image:
+        """An RGB image in, its stylisation (same size) out, under the controls of
+        :class:`~styletransfer.controls.Controls` (``strength`` 0 to 1, ``preserve_color``,
+        ``stroke_scale``); the defaults give the network's plain output. ``tile``: ``auto`` (tiles
+        when the image is over the memory budget), ``off``, or a tile side in pixels (see
+        :mod:`styletransfer.tiling`; ``tile_progress`` is its callback).
+
+        Raises StyleTransferError (one line naming the option) for a control out of range, and
+        OutOfMemory as :meth:`stylize_tensor`.
+        """
+        return self.render(image, Controls(strength, preserve_color, stroke_scale), tile, tile_progress)
+
+    def render(
+        self, image: Image.Image, controls: Controls = Controls(), tile: str | int = "auto",
+        tile_progress: ProgressCallback | None = None,
+    ) -> Image.Image:  # fmt: skip
+        """As :meth:`stylize`, with the controls already checked in one :class:`Controls`."""
         with self._memory_is_an_error((1, 3, image.height, image.width)):
-            return tensor_to_image(self.stylize_tensor(image_to_tensor(image)[None])[0])
+            photo = image_to_tensor(image)[None].to(self.device)
+            network = partial(self._network_pass, tile=tile, tile_progress=tile_progress)
+            return tensor_to_image(apply_controls(network, photo, controls)[0])
+
+    def _network_pass(self, x: torch.Tensor, tile, tile_progress) -> torch.Tensor:
+        """The network on (1, 3, H, W), in tiles with whole-image statistics when ``tile`` says so."""
+        side = tile_side(tile, x.shape[-2], x.shape[-1], self.device)
+        if side is None:
+            return self.stylize_tensor(x)
+        tiled = stylize_image_in_tiles(self.model, tensor_to_image(x[0]), side, self.dtype, tile_progress)
+        return image_to_tensor(tiled)[None].to(self.device)
 
     @contextmanager
     def _memory_is_an_error(self, shape):
@@ -86,7 +133,7 @@ class Stylizer:
             release_memory(self.device)
             raise OutOfMemory(
                 f"out of memory stylising {shape[0]} image(s) of {shape[-1]}x{shape[-2]} pixels on {self.device}; "
-                "choose a smaller size (--max-size)"
+                "choose a smaller size (--max-size), smaller tiles (--tile) or a larger --stroke-scale"
             ) from None
 
 
@@ -109,11 +156,11 @@ def save_image(img: Image.Image, path: Path) -> None:
         raise cannot_write(path, e) from None
 
 
-def _expand_inputs(inputs: list[Path]) -> list[Path]:
+def expand_inputs(inputs: list[Path]) -> list[Path]:
     """Files as given, folders replaced by the images and videos inside them (recursively)."""
     files = []
     for p in inputs:
-        if p.is_dir():
+        if p.is_dir() and not is_stdio(p):
             found = sorted(find_images(p) + find_videos(p))
             if not found:
                 raise StyleTransferError(f"{p}: no images or videos in this folder")
@@ -142,21 +189,31 @@ def _output_suffix(src: Path) -> str:
 def plan_outputs(inputs: list[Path], given: list[Path], out: Path, suffix: str) -> list[Path]:
     """Where each input image goes, decided before anything is written.
 
-    ``out`` itself for one file given and ``out`` named like an image; else
-    ``out/<sub-folder>/<name>-<suffix>.png`` (videos keep their container, or become ``.mp4``), keeping the sub-folders of a given folder. The
+    ``out`` itself for one file given and ``out`` named like an image or video (or ``-``, standard
+    output, for one image); else ``out/<sub-folder>/<name>-<suffix>.png`` (videos keep their
+    container, or become ``.mp4``; ``-``, standard input, is named ``stdin``), keeping the
+    sub-folders of a given folder. The
     paths returned are distinct and none is an input: inputs that would share a name keep their
     extension in it (``photo-jpg-...``, ``photo-png-...``), and a name still taken gets ``-2``,
     ``-3``, ... Raises StyleTransferError for an output file name with several inputs, or an
     output that is the input itself.
     """
+    if is_stdio(out):
+        if len(inputs) != 1 or is_video(inputs[0]):
+            raise StyleTransferError("-o - writes one image to standard output: give one input image")
+        return [out]
     if len(inputs) == 1 and len(given) == 1 and not given[0].is_dir() and _names_a_file(out):
         _check_output_type(inputs[0], out)
         refuse_overwriting_inputs(out, inputs)
         return [out]
     if _names_a_file(out):
         raise StyleTransferError(f"{out}: several inputs need an output folder, not a file name")
-    wanted = [out / _relative_folder(p, given) / f"{p.stem}-{suffix}{_output_suffix(p)}" for p in inputs]
+    wanted = [out / _relative_folder(p, given) / f"{_stem(p)}-{suffix}{_output_suffix(p)}" for p in inputs]
     return _distinct(inputs, wanted, suffix)
+
+
+def _stem(path: Path) -> str:
+    return "stdin" if is_stdio(path) else path.stem
 
 
 def _distinct(inputs: list[Path], wanted: list[Path], suffix: str) -> list[Path]:
@@ -202,12 +259,18 @@ def _relative_folder(path: Path, given: list[Path]) -> Path:
 @dataclass
 class FileResult:
     """What happened to one input file: written to ``output``, or ``error`` (one line); for a video,
-    ``summary`` says what was written (frames, size, rate, length, sound)."""
+    ``summary`` says what was written (frames, size, rate, length, sound).
+
+    ``size``: the output's (width, height) in pixels; ``seconds``: wall time for this file
+    (reading, stylising, writing). Both are None when the file failed.
+    """
 
     source: Path
     output: Path
     error: str | None = None
     summary: str | None = None
+    size: tuple[int, int] | None = None
+    seconds: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -215,31 +278,54 @@ class FileResult:
 
 
 def stylize_files(
-    stylizer: Stylizer, inputs: list[Path], out: Path, max_size: int | None, progress=None
+    stylizer: Stylizer, inputs: list[Path], out: Path, max_size: int | None, progress=None, *,
+    controls: Controls = Controls(), stream_format: str = "PNG", **options,
 ) -> list[FileResult]:
     """Stylise image and video files, and folders of them (searched recursively), into ``out``.
 
     Images give images, videos give videos (:func:`styletransfer.video.stylize_video`).
     ``max_size``: the long side, in pixels, each image or frame is scaled down to (None keeps its
     size); ``progress``: a :func:`styletransfer.video.video_progress` bar for the videos, or None.
+    ``controls``: strength, preserve colour and stroke scale, the same for every image and frame.
+    ``-`` as the only input reads one image from standard input; ``out`` ``-`` writes the one
+    result to standard output as ``stream_format`` (Pillow's name: PNG, JPEG or WEBP).
+    ``options``: tiling options of :meth:`Stylizer.stylize` for the images (``tile``, ``tile_progress``).
     Returns one result per image file, in order; a file that fails does not stop the others.
     Raises StyleTransferError only for problems with the whole call (an empty folder, an
     output file name for several inputs).
     """
     if max_size is not None and max_size < 1:
         raise StyleTransferError(f"max_size must be at least 1 pixel (or None), not {max_size}")
-    files = _expand_inputs(inputs)
+    files = expand_inputs(inputs)
     outputs = plan_outputs(files, inputs, out, f"{stylizer.style}-{stylizer.norm}")
-    return [_stylize_file(stylizer, src, dst, max_size, progress) for src, dst in zip(files, outputs)]
+    return [_stylize_file(stylizer, src, dst, max_size, progress, controls, stream_format, options)
+            for src, dst in zip(files, outputs)]  # fmt: skip
 
 
-def _stylize_file(stylizer: Stylizer, src: Path, dst: Path, max_size: int | None, progress=None) -> FileResult:
+def _stylize_file(
+    stylizer: Stylizer, src: Path, dst: Path, max_size: int | None, progress, controls: Controls, stream_format: str,
+    options: dict,
+) -> FileResult:  # fmt: skip
     try:
+        start = time.perf_counter()
         if is_video(src):
-            return FileResult(src, dst, summary=stylize_video(stylizer, src, dst, max_size, progress=progress).line())
-        save_image(stylizer.stylize(load_image(src, max_size)), dst)
-        return FileResult(src, dst)
+            video = stylize_video(Controlled(stylizer, controls), src, dst, max_size, progress=progress)
+            return FileResult(src, dst, summary=video.line(), size=video.size, seconds=time.perf_counter() - start)
+        result = stylizer.render(_read(src, max_size), controls, **options)
+        _write(result, dst, stream_format)
+        return FileResult(src, dst, size=result.size, seconds=time.perf_counter() - start)
     except OutOfMemory as e:
         return FileResult(src, dst, f"{src}: {e}")
     except StyleTransferError as e:
         return FileResult(src, dst, str(e))
+
+
+def _read(src: Path, max_size: int | None) -> Image.Image:
+    return read_stdin_image(max_size) if is_stdio(src) else load_image(src, max_size)
+
+
+def _write(img: Image.Image, dst: Path, stream_format: str) -> None:
+    if is_stdio(dst):
+        write_stdout_image(img, stream_format)
+    else:
+        save_image(img, dst)

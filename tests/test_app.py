@@ -1,9 +1,10 @@
-"""The web demo (app.py): its stylise and live camera functions, its API through gradio_client, and the
-page in a browser (with a fake camera for the live tab)."""
+"""The web demo (styletransfer/demo.py): its stylise and live camera functions, its API through gradio_client,
+and the page in a browser (with a fake camera for the live tab)."""
 
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import tempfile
 import threading
@@ -19,7 +20,7 @@ from PIL import Image
 from styletransfer.checkpoint import save_checkpoint
 from styletransfer.network import TransformerNet
 from styletransfer.norms import NORMS, norm_label
-import app as demo_app
+from styletransfer import demo as demo_app
 from .conftest import make_photo, write_checkpoint
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -42,7 +43,7 @@ def ckpts(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def demo(ckpts) -> demo_app.StyleDemo:
-    return demo_app.StyleDemo(ckpts, styles_dir=ckpts / "no-styles", device="cpu")
+    return demo_app.StyleDemo(ckpts, styles_dir=ckpts / "no-styles", device="cpu", shipped=False)
 
 
 @pytest.fixture(scope="module")
@@ -129,11 +130,56 @@ def test_unknown_style_and_size_out_of_range_are_refused(demo, photo):
         demo.stylize(str(photo), "stripes", 5000)
 
 
+def pixels(path_or_image) -> np.ndarray:
+    image = path_or_image if isinstance(path_or_image, Image.Image) else Image.open(path_or_image)
+    return np.asarray(image.convert("RGB"), dtype=np.float64)
+
+
+def test_strength_0_gives_the_photo_back_and_0_5_half_of_each(demo, photo, results):
+    photo_256 = pixels(demo_app.load_content(photo, 288))
+    for path, _ in demo.stylize(str(photo), "stripes", 288, 0.0):
+        assert np.array_equal(pixels(path), photo_256)
+    plain = [pixels(path) for path, _ in demo.stylize(str(photo), "stripes", 288, 1.0)]
+    assert all(np.array_equal(a, pixels(path)) for a, (path, _) in zip(plain, results))  # 1: as without controls
+    for full, (path, _) in zip(plain, demo.stylize(str(photo), "stripes", 288, 0.5)):
+        assert np.abs(pixels(path) - (full + photo_256) / 2).max() <= 1.0
+
+
+def test_preserve_color_and_stroke_scale(demo, photo, results):
+    ycc = lambda path: np.asarray(Image.open(path).convert("YCbCr"), dtype=np.float64)  # noqa: E731
+    photo_ycc = np.asarray(demo_app.load_content(photo, 288).convert("YCbCr"), dtype=np.float64)
+    kept = demo.stylize(str(photo), "stripes", 288, 1.0, True)
+    in_plain, in_kept = ycc(results[1][0]), ycc(kept[1][0])  # IN: random BN-type networks give flat images
+    assert np.abs(in_plain[..., 1:] - photo_ycc[..., 1:]).mean() > 15
+    assert np.abs(in_kept[..., 1:] - photo_ycc[..., 1:]).mean() < 4
+    assert np.corrcoef(in_kept[..., 0].ravel(), in_plain[..., 0].ravel())[0, 1] > 0.9
+    bigger = demo.stylize(str(photo), "stripes", 288, 1.0, False, 2.0)
+    with Image.open(bigger[1][0]) as out:
+        assert_same_aspect(out.size, (240, 160), 288)
+    assert np.abs(pixels(bigger[1][0]) - pixels(results[1][0])).mean() > 2
+
+
+@pytest.mark.parametrize(
+    "controls, message",
+    [
+        ((1.5, False, 1.0), "strength must be between 0 and 1, not 1.5"),
+        (("much", False, 1.0), "strength must be a finite number, not 'much'"),
+        ((1.0, "yes", 1.0), "preserve_color must be true or false"),
+        ((1.0, False, 9), "stroke_scale must be between"),
+        ((1.0, False, float("nan")), "stroke_scale must be a finite number"),
+    ],
+)
+def test_controls_out_of_range_are_one_line_errors(demo, photo, controls, message):
+    with pytest.raises(gr.Error) as err:
+        demo.stylize(str(photo), "stripes", 256, *controls)
+    assert err.value.message.startswith(message) and "\n" not in err.value.message
+
+
 def test_style_panel_shows_name_credit_and_painting(ckpts, tmp_path):
     styles = tmp_path / "styles"
     styles.mkdir()
     Image.new("RGB", (900, 600), (200, 30, 30)).save(styles / "stripes.jpg")
-    text, painting = demo_app.StyleDemo(ckpts, styles, "cpu").style_panel("stripes")
+    text, painting = demo_app.StyleDemo(ckpts, styles, "cpu", shipped=False).style_panel("stripes")
     assert "### stripes" in text and "Test Painter, Stripes, 2024" in text
     assert "BN, IN, BN+SE, IEBN (100 iterations each)" in text
     assert painting.size == (512, 341)
@@ -155,7 +201,7 @@ def test_loss_curves_prefer_the_full_log(demo):
 
 
 def test_no_checkpoints_explains_how_to_train(tmp_path):
-    app = demo_app.build_app(tmp_path / "empty", device="cpu")
+    app = demo_app.build_app(tmp_path / "empty", device="cpu", shipped=False)
     texts = [b.value for b in app.blocks.values() if isinstance(b, gr.Markdown)]
     train = "styletransfer train --style STYLE.jpg --content-dir PHOTOS/ --norm iebn --out runs/NAME"
     export = f"styletransfer export runs/NAME/checkpoint.safetensors {(tmp_path / 'empty').as_posix()}/NAME/iebn.safetensors"
@@ -174,7 +220,7 @@ def styles(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def served(ckpts, styles):
     """The app on a free local port, as ``python app.py --port 0`` starts it."""
-    app = demo_app.build_app(ckpts, styles, device="cpu")
+    app = demo_app.build_app(ckpts, styles, device="cpu", shipped=False)
     _, url, _ = demo_app.launch(app, port=0, prevent_thread_lock=True, quiet=True)
     yield url
     app.close()
@@ -189,6 +235,20 @@ def test_api_returns_one_image_per_norm(served, photo):
     for r in results:
         with Image.open(r["image"]) as out:
             assert_same_aspect(out.size, (300, 200), 320)
+
+
+def test_api_takes_the_controls_after_the_size(served, photo):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    client = Client(served, verbose=False)
+    photo_320 = pixels(demo_app.load_content(photo, 320))
+    for r in client.predict(handle_file(str(photo)), "stripes", 320, 0.0, True, 2.0, api_name="/stylize"):
+        assert np.array_equal(pixels(r["image"]), photo_320)  # strength 0 whatever the other controls
+    by_name = client.predict(handle_file(str(photo)), "stripes", 320, stroke_scale=1.5, api_name="/stylize")
+    assert len(by_name) == 4
+    with pytest.raises(AppError, match="stroke_scale must be between"):
+        client.predict(handle_file(str(photo)), "stripes", 320, 1.0, False, 5.0, api_name="/stylize")
 
 
 def test_api_reports_a_non_image_and_keeps_serving(served, photo, tmp_path):
@@ -229,6 +289,8 @@ def test_page_in_a_browser(served, photo, tmp_path):
             page.goto(served)
             expect(page.locator("#style-info")).to_contain_text("Test Painter, Stripes, 2024")
             expect(page.locator("#style-image img")).to_be_visible()
+            for control in ("#strength", "#preserve-color", "#stroke-scale"):
+                expect(page.locator(control)).to_be_visible()
             upload = page.locator("#content input[type=file]")
 
             upload.set_input_files(notes)  # a broken upload shows an error, and the page keeps working
@@ -247,6 +309,15 @@ def test_page_in_a_browser(served, photo, tmp_path):
                 size = img.evaluate("i => [i.naturalWidth, i.naturalHeight]")
                 assert_same_aspect(tuple(size), (240, 160), 256)
             page.screenshot(path=tmp_path / "stylise.png", full_page=True)
+
+            first = images.first.get_attribute("src")  # the controls reach the models: strength 0 is the photo
+            page.locator("#strength input[type=number]").fill("0")
+            page.locator("#strength input[type=number]").press("Enter")
+            page.locator("#preserve-color input[type=checkbox]").check()
+            page.click("#stylise")
+            expect(images.first).not_to_have_attribute("src", first)
+            shown = page.request.get(images.first.get_attribute("src")).body()
+            assert np.array_equal(pixels(Image.open(io.BytesIO(shown))), pixels(demo_app.load_content(photo, 256)))
 
             page.get_by_role("tab", name="Training curves").click()
             expect(page.locator("#curves img")).to_be_visible()

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import app as demo_app
+from styletransfer import demo as demo_app
 from styletransfer.norms import NORMS, norm_label
 
 from .conftest import write_checkpoint
@@ -51,13 +51,14 @@ def images(tmp_path_factory) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """``python app.py`` on a free loopback port, with four random-initialised checkpoints."""
+    """The web demo on a free loopback port, with four random-initialised checkpoints."""
     ckpts = tmp_path_factory.mktemp("load-ckpts")
     for seed, norm in enumerate(NORMS):
         write_checkpoint(ckpts, "stripes", norm, seed)
     port = demo_app.free_port()
-    args = [sys.executable, "app.py", "--checkpoints", ckpts, "--port", port, "--host", "127.0.0.1", "--device", "cpu"]
-    proc = subprocess.Popen(list(map(str, args)), cwd=Path(demo_app.__file__).parent, text=True,
+    args = [sys.executable, "-m", "styletransfer", "demo", "--checkpoints", ckpts, "--port", port,
+            "--host", "127.0.0.1", "--device", "cpu"]  # fmt: skip
+    proc = subprocess.Popen(list(map(str, args)), cwd=Path(demo_app.__file__).parents[1], text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
     output: list[str] = []
     threading.Thread(target=lambda: output.extend(proc.stdout), daemon=True).start()

@@ -146,7 +146,7 @@ def test_list_and_export(trained_runs, tmp_path, capsys):
     assert run_cli("list", tmp_path / "empty") == 1
 
 
-@pytest.mark.parametrize("command", ["train", "stylize", "compare", "plot", "list", "export"])
+@pytest.mark.parametrize("command", ["train", "stylize", "compare", "plot", "list", "export", "demo"])
 def test_every_command_explains_itself(command, capsys):
     assert run_cli(command, "--help") == 0
     assert "--help" in capsys.readouterr().out

@@ -243,7 +243,7 @@ def test_cli_help_shows_an_example(capsys):
         (["EMPTY", "-m", "MODEL"], "no images"),
         (["BROKEN", "-m", "MODEL"], "unreadable image"),
         (["PHOTOS", "-m", "NOT_A_MODEL"], "not a styletransfer checkpoint"),
-        (["PHOTOS", "-m", "nosuchstyle", "--checkpoints", "EMPTY"], "neither a checkpoint file nor a style name"),
+        (["PHOTOS", "-m", "nosuchstyle", "--checkpoints", "EMPTY"], "neither a checkpoint file nor a model name"),
         (["PHOTOS"], "nothing to evaluate"),
         (["PHOTOS", "--outputs", "PHOTOS"], "needs the style image"),
         (["PHOTOS", "--outputs", "MISSING", "--style", "STYLE"], "no such folder of stylised images"),

@@ -23,7 +23,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-import app as demo_app
+from styletransfer import demo as demo_app
 from styletransfer.checkpoint import read_metadata
 from styletransfer.compare import compare
 from styletransfer.config import TrainConfig
@@ -36,6 +36,7 @@ from styletransfer.data import (
     scaled_size,
 )
 from styletransfer.errors import OutOfMemory, StyleTransferError
+from styletransfer.models import SHIPPED_MODELS
 from styletransfer.network import TransformerNet
 from styletransfer.stylize import Stylizer, plan_outputs, stylize_files
 from styletransfer.train import train
@@ -225,7 +226,7 @@ def test_compare_and_the_api_report_running_out_of_memory_in_one_line(model, tmp
 
 def test_the_web_demo_reports_running_out_of_memory_and_keeps_serving(tmp_path, big_images_run_out_of_memory):
     write_checkpoint(tmp_path / "ckpts", "stripes", "in", seed=0)
-    demo = demo_app.StyleDemo(tmp_path / "ckpts", device="cpu")
+    demo = demo_app.StyleDemo(tmp_path / "ckpts", device="cpu", shipped=False)
     photo = make_photo(tmp_path / "photo.png", size=(600, 400))
     with pytest.raises(gr.Error, match="out of memory"):
         demo.stylize(str(photo), "stripes", 512)
@@ -280,7 +281,7 @@ def test_metadata_that_is_not_an_object_is_one_line_everywhere(model, tmp_path, 
     assert "stripes" in out.out and "in.safetensors" in out.out
     warnings = [line for line in out.err.splitlines() if line.strip()]
     assert len(warnings) == 1 and warnings[0].startswith("warning: skipped") and "odd" in warnings[0], warnings
-    app = demo_app.build_app(folder, device="cpu")
+    app = demo_app.build_app(folder, device="cpu", shipped=False)
     assert app.demo.library.styles == ["stripes"] and len(app.demo.library.skipped) == 1
 
 
@@ -342,7 +343,7 @@ def test_the_api_checks_numbers_too(photos, style_image, tmp_path, model):
 @pytest.mark.parametrize("size", [math.nan, math.inf, -math.inf, "big", 10**9])
 def test_the_web_demo_checks_the_output_size(tmp_path, size):
     write_checkpoint(tmp_path / "ckpts", "stripes", "in", seed=0)
-    demo = demo_app.StyleDemo(tmp_path / "ckpts", device="cpu")
+    demo = demo_app.StyleDemo(tmp_path / "ckpts", device="cpu", shipped=False)
     with pytest.raises(gr.Error, match="output size"):
         demo.stylize(str(make_photo(tmp_path / "p.png")), "stripes", size)
 
@@ -367,7 +368,7 @@ def test_a_real_memory_limit_stops_only_the_big_photo(tmp_path):
     folder = tmp_path / "photos"
     for name, size in (("a.png", (80, 60)), ("b.png", (3000, 2000)), ("c.png", (80, 60))):
         make_photo(folder / name, size=size)
-    model = Path(__file__).resolve().parents[1] / "checkpoints" / "wave" / "in.safetensors"
+    model = SHIPPED_MODELS / "wave" / "in.safetensors"
     limit = 4_000_000 * 1024
 
     def limit_memory():

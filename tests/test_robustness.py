@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageFile
 from safetensors.torch import save_file
 
-import app as demo_app
+from styletransfer import demo as demo_app
 from styletransfer import data as data_module
 from styletransfer.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from styletransfer.data import MAX_PIXELS, ContentImages, load_image
@@ -257,7 +257,7 @@ def test_train_on_a_folder_of_bad_images(corpus, style_image, tmp_path):
 
 @pytest.fixture(scope="module")
 def demo(ckpts) -> demo_app.StyleDemo:
-    return demo_app.build_app(ckpts, ckpts / "no-styles", device="cpu").demo
+    return demo_app.build_app(ckpts, ckpts / "no-styles", device="cpu", shipped=False).demo
 
 
 @pytest.mark.parametrize("name", sorted(CORPUS))
@@ -419,7 +419,7 @@ def test_web_app_scan_skips_the_exploit(exploit, photos, tmp_path):
     source, marker = exploit
     write_checkpoint(tmp_path / "ckpts", "stripes", "in", 0)
     plant(source, tmp_path / "ckpts" / "stripes" / "iebn.safetensors", tmp_path / "ckpts" / "evil" / "bn.safetensors")
-    demo = demo_app.build_app(tmp_path / "ckpts", tmp_path / "no-styles", device="cpu").demo
+    demo = demo_app.build_app(tmp_path / "ckpts", tmp_path / "no-styles", device="cpu", shipped=False).demo
     assert demo.library.styles == ["stripes"] and list(demo.library.by_style["stripes"]) == ["in"]
     assert len(demo.stylize(str(next(photos.glob("*.png"))), "stripes", 256)) == 1
     assert not marker.exists()

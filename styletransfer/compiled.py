@@ -1,0 +1,54 @@
+"""The compiled inference path: torch.compile (inductor) with freezing, and when it pays.
+
+Freezing folds the weights into the graph as constants, so inductor can fuse the memory-bound
+work around the convolutions (padding, norms, ReLUs, residual adds, upsampling) into few
+kernels. Compiling costs seconds for each new input shape (one graph per shape: dynamic shapes
+compile once but ran no faster than eager here), so it pays only when many images of one size
+follow: the frames of a video, a folder of same-sized photos, a long-lived server.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from .data import scaled_size
+
+__all__ = ["COMPILE_PAYS_AFTER", "compile_for_inference", "worth_compiling"]
+
+# Images of one size after which compiling pays for itself on a CPU: about 10-20 s of compilation
+# against about 0.7 s saved per 1024x1024 image (benchmarks/bench.py measures both).
+COMPILE_PAYS_AFTER = 16
+
+
+def compile_for_inference(model: torch.nn.Module):
+    """``model`` (in eval mode) compiled for inference: a callable with the model's signature.
+
+    Input and output as the model's: (B, 3, H, W) in [0, 1]. The first call with each new
+    shape compiles (seconds); inductor's on-disk cache makes later processes start faster.
+    """
+    return torch.compile(model, dynamic=False, options={"freezing": True})
+
+
+def worth_compiling(files: list[Path], max_size: int | None, threshold: int = COMPILE_PAYS_AFTER) -> bool:
+    """Whether at least ``threshold`` of the image ``files`` have one size once scaled to
+    ``max_size`` (long side, pixels; None keeps the size). Reads only the files' headers."""
+    def scaled(size: tuple[int, int]) -> tuple[int, int]:
+        return scaled_size(size, max_size) if max_size and max(size) > max_size else size
+
+    sizes = Counter(scaled(size) for size in map(_size_of, files) if size is not None)
+    return max(sizes.values(), default=0) >= threshold
+
+
+def _size_of(path: Path) -> tuple[int, int] | None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. a decompression bomb: refused when it is stylised
+            with Image.open(path) as img:
+                return img.size
+    except Exception:  # an unreadable file gets its own error when it is stylised
+        return None

@@ -1,0 +1,51 @@
+"""The compiled inference path (torch.compile with freezing), and when the CLI uses it."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from styletransfer.compiled import worth_compiling
+from styletransfer.network import TransformerNet
+from styletransfer.stylize import Stylizer
+
+from .conftest import make_photo, run_cli
+
+
+def test_the_compiled_network_gives_the_eager_result():
+    """IEBN: its per-instance kernels must compile too (a tiny size keeps the compile short)."""
+    torch.manual_seed(0)
+    model = TransformerNet("iebn")
+    model.train()(torch.rand(4, 3, 32, 32))  # running statistics
+    with torch.no_grad():
+        for layer in model.modules():
+            if hasattr(layer, "gate_weight"):
+                layer.gate_weight.normal_()
+    x = torch.rand(2, 3, 36, 28)
+    eager = Stylizer(model, {"norm": "iebn"}, "cpu", "fp32").stylize_tensor(x)
+    compiled = Stylizer(model, {"norm": "iebn"}, "cpu", "fp32").compile().stylize_tensor(x)
+    mse = float(((eager - compiled) ** 2).mean())
+    assert mse == 0 or 10 * math.log10(1 / mse) > 40
+
+
+def test_compiling_pays_only_with_many_images_of_one_size(tmp_path):
+    same = [make_photo(tmp_path / f"same{i}.png", size=(40, 30), seed=i) for i in range(16)]
+    assert worth_compiling(same, None)
+    assert not worth_compiling(same[:15], None)
+    mixed = same[:8] + [make_photo(tmp_path / f"other{i}.png", size=(30, 40), seed=i) for i in range(8)]
+    assert not worth_compiling(mixed, None)
+    # scaled to one long side, 80x60 and 40x30 photos become one size
+    bigger = same[:8] + [make_photo(tmp_path / f"big{i}.png", size=(80, 60), seed=i) for i in range(8)]
+    assert not worth_compiling(bigger, None) and worth_compiling(bigger, 40)
+    assert not worth_compiling([tmp_path / "missing.png"] * 20, None)
+
+
+def test_a_bad_compile_choice_is_one_line(tmp_path, capsys):
+    from .conftest import write_checkpoint
+
+    model = write_checkpoint(tmp_path, "stripes", "in", seed=0)
+    capsys.readouterr()
+    assert run_cli("stylize", make_photo(tmp_path / "p.png"), "-m", model, "--compile", "always") == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--compile" in lines[0], lines
