@@ -199,6 +199,7 @@ class PerceptualLoss(nn.Module):
         self.weights = weights or LossWeights()
         self.content_layer, self.style_layers = content_layer, tuple(style_layers)
         self.vgg = VGGFeatures(features, arch, tuple(dict.fromkeys((content_layer, *style_layers))))
+        self.vgg.to(style_image.device)  # the style's Grams are computed where the style image is
         with torch.no_grad():
             style_features = self.vgg(style_image.unsqueeze(0) if style_image.dim() == 3 else style_image)
         for name in self.style_layers:

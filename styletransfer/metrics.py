@@ -8,17 +8,23 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from .loss import gram_matrix
 
 __all__ = [
-    "CONTENT_DISTANCE_LAYER", "METRIC_VGG", "STYLE_DISTANCE_LAYERS", "content_distance", "mean_and_stderr", "quantise",
+    "BLOTCH_DETAIL", "BLOTCH_WINDOW", "CONTENT_DISTANCE_LAYER", "METRIC_VGG", "STYLE_DISTANCE_LAYERS", "blotch_area",
+    "content_distance", "mean_and_stderr", "quantise",
     "relative_error", "style_distance",
 ]  # fmt: skip
 
 METRIC_VGG = "vgg19"
 CONTENT_DISTANCE_LAYER = "relu4_2"
 STYLE_DISTANCE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+# A blotch is a patch with no strokes: its fine detail (luminance minus its 5x5 local mean) has an
+# RMS below BLOTCH_DETAIL (on a 0-1 scale) over a whole BLOTCH_WINDOW-pixel square.
+BLOTCH_WINDOW = 31
+BLOTCH_DETAIL = 0.01
 
 
 def relative_error(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -78,3 +84,23 @@ def mean_and_stderr(values: list[float | None]) -> dict[str, float | None]:
         return {"mean": mean, "stderr": None}
     var = math.fsum((v - mean) ** 2 for v in values) / (n - 1)
     return {"mean": mean, "stderr": math.sqrt(var / n)}
+
+
+def blotch_area(images: torch.Tensor, window: int = BLOTCH_WINDOW, detail: float = BLOTCH_DETAIL) -> torch.Tensor:
+    """Fraction of each image covered by blotches: patches without brush strokes or texture.
+
+    ``images``: (B, 3, H, W) RGB in [0, 1]. A pixel is in a blotch when the RMS of the
+    luminance's fine detail (the luminance minus its 5x5 mean) over the ``window`` x ``window``
+    square around it (in pixels, odd) is below ``detail``. A painted stroke, a photo's texture
+    or noise all count as detail; a flat or smoothly shaded patch does not. Returns (B,) values
+    in [0, 1]: 0 for an image textured everywhere, 1 for a flat or smoothly graded one. The
+    value depends on the image size (a window is a fixed number of pixels), so compare images
+    of one size. Raises ValueError for an even or non-positive ``window``.
+    """
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"window must be an odd number of pixels, not {window}")
+    r, g, b = images.float().unbind(1)
+    luminance = (0.299 * r + 0.587 * g + 0.114 * b).unsqueeze(1)  # ITU-R BT.601 luma
+    fine = luminance - F.avg_pool2d(luminance, 5, 1, 2, count_include_pad=False)
+    energy = F.avg_pool2d(fine.pow(2), window, 1, window // 2, count_include_pad=False)
+    return (energy.sqrt() < detail).float().mean((1, 2, 3))

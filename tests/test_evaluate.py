@@ -288,3 +288,20 @@ def test_cli_scores_another_tools_folder_beside_the_model_and_warns_in_one_line(
     assert "Traceback" not in proc.stderr
     warning = [line for line in proc.stderr.splitlines() if "photo3" in line]
     assert len(warning) == 1 and warning[0].startswith("warning: ") and "sub/photo3.png" in warning[0], proc.stderr
+
+
+def test_blotch_area_counts_patches_without_strokes():
+    from styletransfer.metrics import blotch_area
+
+    torch.manual_seed(0)
+    noise = torch.rand(1, 3, 64, 128)
+    flat = torch.full((1, 3, 64, 128), 0.4)
+    ramp = torch.linspace(0, 1, 128).expand(1, 3, 64, 128)  # smooth shading is no stroke
+    half = noise.clone()
+    half[..., 64:] = 0.7  # the right half is a blotch
+    areas = blotch_area(torch.cat([noise, flat, ramp, half]))
+    assert areas[0] == 0 and areas[1] == 1 and areas[2] == 1
+    # 64 flat columns, less the 16 whose window (radius 15, plus the 5x5 mean) reaches the noise
+    assert areas[3] == pytest.approx((64 - 16) / 128, abs=0.01)
+    with pytest.raises(ValueError, match="odd"):
+        blotch_area(noise, window=30)

@@ -124,3 +124,11 @@ def test_vgg_layer_names_follow_the_architecture(arch, cfg):
     for name, index in VGG_LAYERS[arch].items():
         assert names[name] == index, name
     assert {"relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1"} <= set(VGG_LAYERS[arch])
+
+
+def test_style_grams_are_computed_where_the_style_image_is():
+    # Training puts the style image on the GPU before the loss network gets there; the Grams
+    # must be computed on the style image's device ("meta" stands in for a GPU here).
+    style = torch.rand(3, 32, 32, device="meta")
+    loss = PerceptualLoss(load_vgg_features("vgg16", "random"), style)
+    assert all(b.device.type == "meta" for b in loss.buffers())
