@@ -49,6 +49,7 @@ from .metrics import (
     CONTENT_DISTANCE_LAYER,
     METRIC_VGG,
     STYLE_DISTANCE_LAYERS,
+    blotch_area,
     content_distance,
     mean_and_stderr,
     quantise,
@@ -69,11 +70,13 @@ GRID_PHOTOS = 4
 GRID_CELL = 256
 
 METRICS = (
-    "content_distance", "style_distance", "content_loss", "style_loss", "tv_loss", "total_loss", "seconds_per_image",
+    "content_distance", "style_distance", "blotch_area", "content_loss", "style_loss", "tv_loss", "total_loss",
+    "seconds_per_image",
 )  # fmt: skip
 METRIC_TITLES = {
     "content_distance": "content distance",
     "style_distance": "style distance",
+    "blotch_area": "blotch area",
     "content_loss": "content loss",
     "style_loss": "style loss",
     "tv_loss": "tv loss",
@@ -339,6 +342,7 @@ class Scorer:
         return {
             "content_distance": content_distance(feats[CONTENT_DISTANCE_LAYER], target).item(),
             "style_distance": style_distance(feats, self.style_grams(row.style)).item(),
+            "blotch_area": blotch_area(output).item(),
             **{f"{k}_loss": losses.get(k) for k in ("content", "style", "tv", "total")},
         }
 

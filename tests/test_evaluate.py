@@ -86,6 +86,14 @@ def test_identical_images_score_zero(tmp_path):
     assert v["seconds_per_image"] is None  # another tool's images: no time to report
 
 
+def test_a_flat_output_is_all_blotch(tmp_path):
+    photo = make_photo(tmp_path / "photos" / "p.png", size=(72, 56), seed=3)
+    (tmp_path / "flat").mkdir()
+    Image.new("RGB", (72, 56), (200, 180, 150)).save(tmp_path / "flat" / "p.png")
+    ev = score(tmp_path / "photos", [], [tmp_path / "flat"], style=photo, style_size=72)
+    assert values(ev, "flat", "p.png")["blotch_area"] == 1
+
+
 def test_identical_images_have_zero_training_content_and_style_loss(ckpts, tmp_path):
     photo = make_photo(tmp_path / "photos" / "p.png", size=(72, 56), seed=3)
     shutil.copytree(tmp_path / "photos", tmp_path / "same")
