@@ -17,6 +17,8 @@ import torch
 from PIL import Image
 
 from .data import scaled_size
+from .errors import StyleTransferError
+from .video import frame_size, is_video, probe
 
 __all__ = ["COMPILE_PAYS_AFTER", "compile_for_inference", "worth_compiling"]
 
@@ -35,13 +37,31 @@ def compile_for_inference(model: torch.nn.Module):
 
 
 def worth_compiling(files: list[Path], max_size: int | None, threshold: int = COMPILE_PAYS_AFTER) -> bool:
-    """Whether at least ``threshold`` of the image ``files`` have one size once scaled to
-    ``max_size`` (long side, pixels; None keeps the size). Reads only the files' headers."""
+    """Whether at least ``threshold`` pictures among ``files`` have one size once scaled to
+    ``max_size`` (long side, pixels; None keeps the size). An image counts once, a video once
+    per frame (the frames' size is the one ``stylize`` gives them). Reads only headers (and a
+    video's first frame)."""
     def scaled(size: tuple[int, int]) -> tuple[int, int]:
         return scaled_size(size, max_size) if max_size and max(size) > max_size else size
 
-    sizes = Counter(scaled(size) for size in map(_size_of, files) if size is not None)
+    sizes: Counter = Counter()
+    for path in files:
+        if is_video(path):
+            size, frames = _video_frames(path, max_size)
+            sizes[size] += frames
+        elif (size := _size_of(path)) is not None:
+            sizes[scaled(size)] += 1
     return max(sizes.values(), default=0) >= threshold
+
+
+def _video_frames(path: Path, max_size: int | None) -> tuple[tuple[int, int] | None, int]:
+    """A video's output frame size and frame count; (None, 0) for one that cannot be read
+    (it gets its own error when it is stylised)."""
+    try:
+        info = probe(path)
+    except StyleTransferError:
+        return None, 0
+    return frame_size(info.width, info.height, max_size), info.frames or 0
 
 
 def _size_of(path: Path) -> tuple[int, int] | None:

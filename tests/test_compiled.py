@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
+from PIL import Image
 
 from styletransfer.compiled import worth_compiling
 from styletransfer.network import TransformerNet
@@ -39,6 +41,30 @@ def test_compiling_pays_only_with_many_images_of_one_size(tmp_path):
     bigger = same[:8] + [make_photo(tmp_path / f"big{i}.png", size=(80, 60), seed=i) for i in range(8)]
     assert not worth_compiling(bigger, None) and worth_compiling(bigger, 40)
     assert not worth_compiling([tmp_path / "missing.png"] * 20, None)
+
+
+def test_a_video_counts_once_per_frame(tmp_path):
+    from .test_video import make_clip
+
+    long_clip = make_clip(tmp_path / "long.mp4", frames=16, audio=False)
+    short_clip = make_clip(tmp_path / "short.mp4", frames=8, audio=False)
+    assert worth_compiling([long_clip], None) and not worth_compiling([short_clip], None)
+    # frames and photos of the frames' size add up
+    photos = [make_photo(tmp_path / f"p{i}.png", size=Image.open(make_frame_png(short_clip, tmp_path)).size, seed=i)
+              for i in range(8)]  # fmt: skip
+    assert worth_compiling([short_clip, *photos], None)
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    assert not worth_compiling([tmp_path / "broken.mp4"] * 20, None)
+
+
+def make_frame_png(clip: Path, folder: Path) -> Path:
+    """The first frame of ``clip`` as a PNG (the size stylize gives its frames)."""
+    import av
+
+    with av.open(str(clip)) as container:
+        frame = next(container.decode(video=0)).to_image()
+    frame.save(folder / "frame.png")
+    return folder / "frame.png"
 
 
 def test_a_bad_compile_choice_is_one_line(tmp_path, capsys):
