@@ -30,7 +30,8 @@ from styletransfer.norms import NORMS
 from .conftest import make_photo, run_cli, write_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = [f"{style}/{norm}" for style in ("starry_night", "wave") for norm in NORMS]
+SHIPPED_STYLE_NAMES = ["composition_vii", "shipwreck", "starry_night", "wave"]
+SHIPPED = [f"{style}/{norm}" for style in SHIPPED_STYLE_NAMES for norm in NORMS]
 
 
 def styletransfer(*args, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -187,10 +188,12 @@ def test_the_demo_shows_the_shipped_styles_with_their_paintings(own_models):
     from styletransfer.demo import EXAMPLES, StyleDemo
 
     demo = StyleDemo(device="cpu")
-    assert demo.library.styles == ["starry_night", "wave"]
+    assert demo.library.styles == SHIPPED_STYLE_NAMES
     text, painting = demo.style_panel("wave")
     assert "Katsushika Hokusai" in text and painting is not None and max(painting.size) == 512
-    assert StyleDemo(own_models, device="cpu").library.styles == ["starry_night", "stripes", "wave"]
+    text, painting = demo.style_panel("shipwreck")
+    assert "Turner" in text and painting is not None and max(painting.size) == 512
+    assert StyleDemo(own_models, device="cpu").library.styles == sorted([*SHIPPED_STYLE_NAMES, "stripes"])
     assert sorted(p.name for p in EXAMPLES.glob("*.jpg")) == ["astronaut.jpg", "chelsea.jpg", "coffee.jpg", "rocket.jpg"]
 
 
