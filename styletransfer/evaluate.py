@@ -76,7 +76,7 @@ METRICS = (
 METRIC_TITLES = {
     "content_distance": "content distance",
     "style_distance": "style distance",
-    "blotch_area": "blotch area",
+    "blotch_area": "blotch area %",
     "content_loss": "content loss",
     "style_loss": "style loss",
     "tv_loss": "tv loss",

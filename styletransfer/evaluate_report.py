@@ -25,6 +25,9 @@ def format_stat(stat: dict[str, float | None], metric: str) -> str:
     if metric == "seconds_per_image":
         text = f"{mean:.3f}"
         return text if se is None else f"{text} ± {se:.3f}"
+    if metric == "blotch_area":  # a fraction, shown as a percentage (CSV and JSON keep the fraction)
+        text = f"{100 * mean:.2f}"
+        return text if se is None else f"{text} ± {100 * se:.2f}"
     return f"{mean:.4g}" if se is None else f"{mean:.4g} ± {se:.2g}"
 
 
