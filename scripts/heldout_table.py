@@ -10,22 +10,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
+
+from styletransfer.metrics import mean_and_stderr
+from styletransfer.norms import NORMS
 
 METRICS = ("content_distance", "style_distance", "blotch_area", "total_loss")
 TITLES = {"content_distance": "content dist.", "style_distance": "style dist.", "blotch_area": "blotch %",
           "total_loss": "total loss"}  # fmt: skip
-NORM_ORDER = ("BN", "IN", "BN+SE", "IEBN")
+NORM_ORDER = tuple(norm.label for norm in NORMS.values())
 # Paired differences shown: to BN (the paper's baseline) and to IN (its best).
 DIFFERENCES = {"BN": ("content_distance", "style_distance", "total_loss"), "IN": ("style_distance", "total_loss")}
 
 
 def mean_se(values: list[float]) -> tuple[float, float]:
-    n = len(values)
-    mean = math.fsum(values) / n
-    var = math.fsum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else float("nan")
-    return mean, math.sqrt(var / n)
+    stat = mean_and_stderr(values)
+    return stat["mean"], stat["stderr"]
 
 
 def scaled(metric: str, value: float) -> float:

@@ -506,8 +506,9 @@ def evaluate(
     with F the VGG19 relu4_2 features; style distance, the same relative error between Gram matrices
     of the output and of the style image, averaged over relu1_1 ... relu5_1 (Gatys et al. 2016);
     blotch area, the fraction of the output in patches without strokes (31 px squares whose fine
-    detail has an RMS under 1 % of the range); the training loss terms (content, style, tv, total) with each model's own training settings
-    (a folder: those the models share, else none); seconds per image, the model alone, after a warm-up.
+    detail has an RMS under 1 % of the range); the training loss terms (content, style, tv, total)
+    with each model's own training settings (a folder: those the models share, else none); seconds
+    per image, the model alone, after a warm-up.
     """
     from .evaluate import GRID_CELL, run
     from .evaluate_report import grid_image, summary_table, write_csv, write_json
