@@ -13,6 +13,7 @@ from styletransfer.instance_ops import instance_moments
 from styletransfer.network import TransformerNet
 from styletransfer.norms import NORMS, InstanceStatistics
 from styletransfer.stylize import Stylizer
+from styletransfer import stylize as stylize_module
 from styletransfer import tiling
 from styletransfer.errors import StyleTransferError
 from styletransfer.tiling import parse_tile, per_instance_layers, plan_tiles, stylize_in_tiles, tile_side
@@ -236,3 +237,18 @@ def test_cli_tile_errors_are_one_line(tmp_path, capsys, value):
     assert code == 1 and len(err.splitlines()) == 1
     assert err.startswith("error: --tile must be auto, off or a tile side in pixels")
     assert not (tmp_path / "out.png").exists()
+
+
+def test_a_tiled_plain_stylisation_never_makes_a_float_copy_of_the_picture(monkeypatch):
+    stylizer = Stylizer(randomised("iebn"), {"norm": "iebn"}, "cpu", "fp32")
+    img = Image.fromarray((picture(*SMALL)[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8))
+    whole = stylizer.stylize(img, tile="off")
+
+    def refuse(*args):
+        raise AssertionError("the whole picture became a float tensor")
+
+    monkeypatch.setattr(stylize_module, "image_to_tensor", refuse)
+    tiled = stylizer.stylize(img, tile=SIDE_SMALL)
+    assert np.abs(np.asarray(tiled, dtype=int) - np.asarray(whole, dtype=int)).max() <= 1
+    with pytest.raises(AssertionError, match="float tensor"):  # the controls do need one
+        stylizer.stylize(img, tile=SIDE_SMALL, strength=0.5)
