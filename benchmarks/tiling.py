@@ -26,6 +26,7 @@ from PIL import Image
 
 from styletransfer.data import image_to_tensor, tensor_to_image
 from styletransfer.devices import resolve_precision
+from styletransfer.models import SHIPPED_MODELS
 from styletransfer.norms import NORMS, norm_label
 from styletransfer.stylize import Stylizer
 from styletransfer.tiling import plan_tiles, stylize_in_tiles
@@ -86,7 +87,7 @@ def compare(args) -> None:
     x = photo(args.size, args.photo)
     crops = {}
     for norm in args.norms:
-        stylizer = Stylizer.from_checkpoint(ROOT / "checkpoints" / args.style / f"{norm}.safetensors", "cpu", "fp32")
+        stylizer = Stylizer.from_checkpoint(SHIPPED_MODELS / args.style / f"{norm}.safetensors", "cpu", "fp32")
         start = time.perf_counter()
         whole = stylizer.stylize_tensor(x)
         untiled = time.perf_counter() - start
@@ -140,7 +141,7 @@ def halo(args) -> None:
     torch.set_num_threads(args.threads)
     x = photo(args.size, args.photo)
     for norm in args.norms:
-        stylizer = Stylizer.from_checkpoint(ROOT / "checkpoints" / args.style / f"{norm}.safetensors", "cpu", "fp32")
+        stylizer = Stylizer.from_checkpoint(SHIPPED_MODELS / args.style / f"{norm}.safetensors", "cpu", "fp32")
         whole = stylizer.stylize_tensor(x)
         cells = [f"{h}: {psnr(stylize_in_tiles(stylizer.model, x, args.tile, halo=h), whole):5.1f}"
                  for h in (16, 32, 48, 56, 64)]  # fmt: skip
@@ -154,7 +155,7 @@ def main() -> None:
     parser.add_argument("--tile", type=int, default=512, help="core side of the tiles")
     parser.add_argument("--style", default="starry_night")
     parser.add_argument("--photo", default="chelsea", help="example photo (examples/NAME.jpg)")
-    parser.add_argument("--checkpoint", default=str(ROOT / "checkpoints/starry_night/in.safetensors"))
+    parser.add_argument("--checkpoint", default=str(SHIPPED_MODELS / "starry_night/in.safetensors"))
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--norms", nargs="+", default=list(NORMS), choices=list(NORMS))
     parser.add_argument("--figure", default=None, help="where to write the seam crops (psnr)")
