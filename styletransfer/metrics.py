@@ -14,7 +14,7 @@ from .loss import gram_matrix
 
 __all__ = [
     "BLOTCH_DETAIL", "BLOTCH_WINDOW", "CONTENT_DISTANCE_LAYER", "METRIC_VGG", "STYLE_DISTANCE_LAYERS", "blotch_area",
-    "content_distance", "mean_and_stderr", "quantise",
+    "content_distance", "fine_detail", "mean_and_stderr", "quantise",
     "relative_error", "style_distance",
 ]  # fmt: skip
 
@@ -86,21 +86,28 @@ def mean_and_stderr(values: list[float | None]) -> dict[str, float | None]:
     return {"mean": mean, "stderr": math.sqrt(var / n)}
 
 
-def blotch_area(images: torch.Tensor, window: int = BLOTCH_WINDOW, detail: float = BLOTCH_DETAIL) -> torch.Tensor:
-    """Fraction of each image covered by blotches: patches without brush strokes or texture.
-
-    ``images``: (B, 3, H, W) RGB in [0, 1]. A pixel is in a blotch when the RMS of the
-    luminance's fine detail (the luminance minus its 5x5 mean) over the ``window`` x ``window``
-    square around it (in pixels, odd) is below ``detail``. A painted stroke, a photo's texture
-    or noise all count as detail; a flat or smoothly shaded patch does not. Returns (B,) values
-    in [0, 1]: 0 for an image textured everywhere, 1 for a flat or smoothly graded one. The
-    value depends on the image size (a window is a fixed number of pixels), so compare images
-    of one size. Raises ValueError for an even or non-positive ``window``.
-    """
+def fine_detail(images: torch.Tensor, window: int = BLOTCH_WINDOW) -> torch.Tensor:
+    """How much fine detail surrounds each pixel: the RMS of the luminance's fine detail (the
+    luminance minus its 5x5 mean) over the ``window`` x ``window`` square around it (in pixels,
+    odd). ``images``: (B, 3, H, W) RGB in [0, 1]; returns (B, 1, H, W) values in [0, 1] (about
+    0.01 for the faintest strokes, 0 for a flat or smoothly shaded patch). Raises ValueError for
+    an even or non-positive ``window``."""
     if window < 1 or window % 2 == 0:
         raise ValueError(f"window must be an odd number of pixels, not {window}")
     r, g, b = images.float().unbind(1)
     luminance = (0.299 * r + 0.587 * g + 0.114 * b).unsqueeze(1)  # ITU-R BT.601 luma
     fine = luminance - F.avg_pool2d(luminance, 5, 1, 2, count_include_pad=False)
-    energy = F.avg_pool2d(fine.pow(2), window, 1, window // 2, count_include_pad=False)
-    return (energy.sqrt() < detail).float().mean((1, 2, 3))
+    return F.avg_pool2d(fine.pow(2), window, 1, window // 2, count_include_pad=False).sqrt()
+
+
+def blotch_area(images: torch.Tensor, window: int = BLOTCH_WINDOW, detail: float = BLOTCH_DETAIL) -> torch.Tensor:
+    """Fraction of each image covered by blotches: patches without brush strokes or texture.
+
+    ``images``: (B, 3, H, W) RGB in [0, 1]. A pixel is in a blotch when its :func:`fine_detail`
+    over the ``window`` x ``window`` square around it is below ``detail``. A painted stroke, a
+    photo's texture or noise all count as detail; a flat or smoothly shaded patch does not.
+    Returns (B,) values in [0, 1]: 0 for an image textured everywhere, 1 for a flat or smoothly
+    graded one. The value depends on the image size (a window is a fixed number of pixels), so
+    compare images of one size. Raises ValueError for an even or non-positive ``window``.
+    """
+    return (fine_detail(images, window) < detail).float().mean((1, 2, 3))
