@@ -24,6 +24,7 @@ import platform
 import resource
 import statistics
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -170,6 +171,8 @@ def measure(kind, args, repeats, queue):
     step, images = PATHS[kind](**args)
     if args.get("compiled"):
         step()  # compiles; FLOPs inside a compiled graph are not counted (the eager row has them)
+        # The FLOP counter's global hooks make torch.compile warn that they fire twice: harmless here.
+        warnings.filterwarnings("ignore", message=r"Using `torch.compile\(module\)` when there are global hooks")
     with FlopCounterMode(display=False) as counter:
         out = step()  # also the warm-up
     flops = counter.get_total_flops()
