@@ -9,7 +9,8 @@ For each norm, over the first ``--count`` photos of the folder (sorted by name):
 1. **bound**: the share of blotch pixels where the output's sigmoid is saturated (some channel
    under 0.02 or over 0.98), which would stop gradients there during training;
 2. **flat photo**: the share of blotch pixels where the photo itself has no fine detail (the same
-   test), and the share of the photo's flat area that became a blotch;
+   test), the share of the photo's flat area that became a blotch, and the photo's median
+   luminance (0-1) in its flat areas that became blotches and in those that did not;
 3. **scale**: the blotch area at long sides from 192 to 1024 pixels, with the window scaled with
    the image (31 pixels at 512), so the same part of a photo is judged at every size. The models
    are trained on crops of photos whose short side is scaled to 128 pixels, about 192 pixels on
@@ -30,6 +31,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from styletransfer.controls import YIQ_FROM_RGB
 from styletransfer.data import find_images, image_to_tensor, load_image, scaled_size
 from styletransfer.metrics import BLOTCH_DETAIL, BLOTCH_WINDOW, fine_detail, mean_and_stderr
 from styletransfer.models import SHIPPED_MODELS
@@ -66,6 +68,13 @@ def pooled(pairs: list[tuple[float | None, float]]) -> str:
     return "-" if weight == 0 else f"{100 * sum(s * w for s, w in pairs if s is not None) / weight:.0f}"
 
 
+def median_luminance(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> str:
+    """The median BT.601 luminance of the photos' pixels under the masks, pooled over photos."""
+    values = [(YIQ_FROM_RGB[0] @ x[0].flatten(1))[mask[0, 0].flatten()] for x, mask in parts]
+    pixels = torch.cat(values)
+    return "-" if pixels.numel() == 0 else f"{pixels.median().item():.2f}"
+
+
 def measure(stylizer: Stylizer, photos: list[Path]) -> dict[str, str]:
     row, at_512 = {}, []
     for size in SCALES:
@@ -83,6 +92,8 @@ def measure(stylizer: Stylizer, photos: list[Path]) -> dict[str, str]:
     row["saturated in blotch"] = pooled([(share(s, b), b.sum().item()) for _, b, _, s in at_512])
     row["photo flat in blotch"] = pooled([(share(f, b), b.sum().item()) for _, b, f, _ in at_512])
     row["photo flat -> blotch"] = pooled([(share(b, f), f.sum().item()) for _, b, f, _ in at_512])
+    row["luma: flat, blotch"] = median_luminance([(x, f & b) for x, b, f, _ in at_512])
+    row["luma: flat, strokes"] = median_luminance([(x, f & ~b) for x, b, f, _ in at_512])
     for sigma in GRAIN:
         areas = []
         for x, *_ in at_512:
