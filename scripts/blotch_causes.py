@@ -1,4 +1,4 @@
-"""Where do blotches come from? Four measurements on a style's models, on photos they never saw.
+"""Where do blotches come from? Four measurements on a style's models, on a folder of photos.
 
     python scripts/blotch_causes.py wave PHOTOS/ --count 20 --norms bn in
     python scripts/blotch_causes.py composition_vii PHOTOS/ --models runs-2000/   # other checkpoints
@@ -114,7 +114,7 @@ def markdown(rows: dict[str, dict[str, str]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("style", help="style name: the models are MODELS/STYLE/NORM.safetensors")
-    parser.add_argument("photos", type=Path, help="folder of photos the models never trained on")
+    parser.add_argument("photos", type=Path, help="folder of photos (ideally ones the models never trained on)")
     parser.add_argument("--models", type=Path, default=SHIPPED_MODELS, help="folder of styles (default: the shipped)")
     parser.add_argument("--norms", nargs="+", default=["bn", "in"])
     parser.add_argument("--count", type=int, default=20, help="photos used (the first, by name)")
