@@ -232,6 +232,11 @@ def compare(rows, label, cases, rounds, repeats):
     return results
 
 
+def speeds(rows, label) -> dict[str, float]:
+    """Images per second of each path measured under ``label``."""
+    return {row[1]: row[2] for row in rows if row[0] == label}
+
+
 def print_table(rows):
     print(f"\n{'benchmark':<22} {'path':<26} {'images/s':>9} {'GFLOP/s':>8} {'ratio':>6} {'peak MiB':>9}")
     for label, name, ips, gflops, ratio, peak in rows:
@@ -296,7 +301,7 @@ def train_rows(rows, args, device, rounds, repeats):
              ("fast (train default)", "train", {**train, "fast": True}),
              ("fast, compiled", "train", {**train, "fast": True, "compiled": True})]  # fmt: skip
     compare(rows, label, cases, rounds, repeats)
-    speed = {row[1]: row[2] for row in rows if row[0] == label}
+    speed = speeds(rows, label)
     rows.append((label, f"compiled / default: {speed['fast, compiled'] / speed['fast (train default)']:.2f}x", 0, 0, 0, 0))
 
 
@@ -307,7 +312,7 @@ def network_rows(rows, args, device, rounds, repeats):
         net = {"size": 256, "channels_last": channels_last, "device": device, "batch": 4}
         label = f"network f+b 256px {layout}"
         compare(rows, label, [(n, "network", {**net, "norm": n}) for n in norms], 2 * rounds, repeats)
-        speed = {row[1]: row[2] for row in rows if row[0] == label}
+        speed = speeds(rows, label)
         overhead = speed["bn"] / speed["iebn"]  # time per image of IEBN over BN's
         rows.append((label, f"IEBN time / BN time: {overhead:.2f}x", 0, 0, 0, 0))
 
@@ -330,7 +335,7 @@ def stylize_rows(rows, args, device, rounds, repeats):
         for name, _, _ in cases[1:3]:
             quality = psnr(results["fp32 eager baseline"][0]["output"], results[name][0]["output"])
             rows.append((label, f"PSNR {name.split()[0]} vs fp32: {quality:.1f} dB", 0, 0, 0, 0))
-        speed = {row[1]: row[2] for row in rows if row[0] == label}
+        speed = speeds(rows, label)
         for name in [n for n, _, _ in cases[2:]]:
             rows.append((label, f"{name.split(' (')[0]} / default: {speed[name] / speed['fast (stylize default)']:.2f}x",
                          0, 0, 0, 0))  # fmt: skip

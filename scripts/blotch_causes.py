@@ -33,6 +33,7 @@ from PIL import Image
 
 from styletransfer.controls import YIQ_FROM_RGB
 from styletransfer.data import find_images, image_to_tensor, load_image, scaled_size
+from styletransfer.errors import StyleTransferError
 from styletransfer.metrics import BLOTCH_DETAIL, BLOTCH_WINDOW, fine_detail, mean_and_stderr
 from styletransfer.models import SHIPPED_MODELS
 from styletransfer.stylize import Stylizer
@@ -47,6 +48,12 @@ def photo_at(path: Path, long_side: int) -> torch.Tensor:
     return image_to_tensor(img.resize(scaled_size(img.size, long_side), Image.Resampling.BICUBIC))[None]
 
 
+def with_grain(x: torch.Tensor, levels: float) -> torch.Tensor:
+    """``x`` in [0, 1] plus seeded Gaussian grain of ``levels`` (of 255) standard deviation, clipped."""
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0)) * levels / 255
+    return (x + noise).clamp(0, 1)
+
+
 def scaled_window(long_side: int) -> int:
     """The blotch window for an image of this long side: 31 pixels at 512, odd, at least 3."""
     return max(3, round(BLOTCH_WINDOW * long_side / 512) | 1)
@@ -54,7 +61,7 @@ def scaled_window(long_side: int) -> int:
 
 def percent(values: list[float]) -> str:
     stat = mean_and_stderr([100 * v for v in values])
-    return f"{stat['mean']:.1f} ± {stat['stderr']:.1f}"
+    return f"{stat['mean']:.1f}" if stat["stderr"] is None else f"{stat['mean']:.1f} ± {stat['stderr']:.1f}"
 
 
 def share(part: torch.Tensor, whole: torch.Tensor) -> float | None:
@@ -97,8 +104,7 @@ def measure(stylizer: Stylizer, photos: list[Path]) -> dict[str, str]:
     for sigma in GRAIN:
         areas = []
         for x, *_ in at_512:
-            noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0)) * sigma / 255
-            y = stylizer.stylize_tensor((x + noise).clamp(0, 1))
+            y = stylizer.stylize_tensor(with_grain(x, sigma))
             areas.append((fine_detail(y) < BLOTCH_DETAIL).float().mean().item())
         row[f"grain {sigma}/255"] = percent(areas)
     return row
@@ -120,6 +126,8 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=20, help="photos used (the first, by name)")
     args = parser.parse_args()
     photos = find_images(args.photos)[: args.count]
+    if not photos:
+        parser.error(f"{args.photos}: no photos found (or --count below 1)")
     rows = {}
     for norm in args.norms:
         stylizer = Stylizer.from_checkpoint(args.models / args.style / f"{norm}.safetensors", "cpu")
@@ -130,4 +138,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except StyleTransferError as e:  # a bad folder, model or photo: one line, no traceback
+        raise SystemExit(f"error: {e}") from None

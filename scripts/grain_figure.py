@@ -12,18 +12,15 @@ from __future__ import annotations
 
 import argparse
 
-import torch
 from PIL import Image, ImageDraw
 
 from styletransfer.data import image_to_tensor, load_image, resize_long_side, tensor_to_image
+from styletransfer.errors import StyleTransferError
 from styletransfer.metrics import blotch_area
 from styletransfer.models import resolve_model
 from styletransfer.stylize import Stylizer
 
-
-def with_grain(x: torch.Tensor, levels: float) -> torch.Tensor:
-    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0)) * levels / 255
-    return (x + noise).clamp(0, 1)
+from blotch_causes import with_grain  # scripts/, beside this one
 
 
 def row(model: str, photo: str, size: int, levels: float) -> list[tuple[Image.Image, str]]:
@@ -57,4 +54,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except StyleTransferError as e:  # a bad folder, model or photo: one line, no traceback
+        raise SystemExit(f"error: {e}") from None

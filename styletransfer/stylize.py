@@ -111,10 +111,8 @@ class Stylizer:
     ) -> Image.Image:  # fmt: skip
         """As :meth:`stylize`, with the controls already checked in one :class:`Controls`."""
         with self._memory_is_an_error((1, 3, image.height, image.width)):
-            side = tile_side(tile, image.height, image.width, self.device)
-            if side is not None and controls == Controls():
-                # The plain output of a tiled image: it stays in 8 bits (3 bytes a pixel in, 3
-                # out), never a float copy (12 bytes a pixel each), so huge images fit.
+            # A tiled image under the default controls stays in 8 bits, never a float copy, so huge images fit.
+            if controls == Controls() and (side := tile_side(tile, image.height, image.width, self.device)):
                 return stylize_image_in_tiles(self.model, image, side, self.dtype, tile_progress)
             photo = image_to_tensor(image)[None].to(self.device)
             network = partial(self._network_pass, tile=tile, tile_progress=tile_progress)
