@@ -21,6 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from .errors import StyleTransferError, cannot_write, one_line
+from .grain import GRAIN_MAX
 from .network import TransformerNet
 from .norms import NORMS, norm_label
 
@@ -295,6 +296,10 @@ def _is_curve(value) -> bool:
     )
 
 
+def _is_grain(value) -> bool:
+    return _is_number(value) and 0 <= value <= GRAIN_MAX
+
+
 def _is_object(value) -> bool:
     return isinstance(value, dict)
 
@@ -309,6 +314,7 @@ METADATA_SCHEMA = {
     "style_credit": (_is_text_or_none, "text or null"),
     "step": (_is_count, "a whole number >= 0"),
     "image_size": (_is_size, "a whole number of pixels >= 1"),
+    "grain": (_is_grain, f"a number from 0 to {GRAIN_MAX:g} (8-bit steps)"),
     "vgg": (_is_text, "text"),
     "losses": (_is_losses, "an object of finite numbers"),
     "history": (_is_curve, "an object of equally long lists of numbers"),

@@ -132,6 +132,10 @@ PreserveColor = Annotated[bool, typer.Option(
 StrokeScale = Annotated[float, typer.Option(
     help="Brush strokes this many times as big (0.5 to 3) at the same output size: the network runs on the "
     "image scaled by 1/S. Below 1 costs 1/S² the time and memory.")]  # fmt: skip
+Grain = Annotated[Optional[float], typer.Option(
+    help="Noise added to the photo the network sees, 0 to 32 (standard deviation in 8-bit steps), so flat "
+    "regions such as a clipped sky get strokes too. \\[default: the level the model was trained with; "
+    "0 for models trained without]", show_default=False)]  # fmt: skip
 
 
 @app.command()
@@ -156,6 +160,7 @@ def stylize(
     strength: Strength = 1.0,
     preserve_color: PreserveColor = False,
     stroke_scale: StrokeScale = 1.0,
+    grain: Grain = None,
     format_name: Annotated[
         Optional[str], typer.Option("--format", help="Image type for -o -: png, jpg or webp. \\[default: png]")
     ] = None,
@@ -205,7 +210,7 @@ def stylize(
     if compile_choice not in ("auto", "on", "off"):
         raise StyleTransferError(f"--compile {compile_choice!r} is not one of: auto, on, off")
     tile = parse_tile(tile)
-    controls = Controls(strength, preserve_color, stroke_scale)
+    controls = Controls(strength, preserve_color, stroke_scale, grain)
     check_stream_options(inputs, output, format_name, json_records)
     path, stylizer = _open_stylizer(model, checkpoints, device, precision)
     if _should_compile(compile_choice, stylizer, inputs, max_size or None):
@@ -257,6 +262,8 @@ def _print_records(results: list, model: dict, stylizer, controls, max_size: int
             "style": stylizer.style, "norm": stylizer.norm, "size": f"{r.size[0]}x{r.size[1]}" if r.ok else None,
             "seconds": round(r.seconds, 4) if r.ok else None, **controls.as_dict(), "max_size": max_size, "error": r.error,
         }  # fmt: skip
+        if controls.grain is None:  # the level actually added: the model's own
+            record["grain"] = stylizer.grain
         print(json.dumps(record), flush=True)
 
 
@@ -296,6 +303,7 @@ def compare(
     strength: Strength = 1.0,
     preserve_color: PreserveColor = False,
     stroke_scale: StrokeScale = 1.0,
+    grain: Grain = None,
     checkpoints: Annotated[Optional[Path], typer.Option(help=CHECKPOINTS_HELP, show_default=False)] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
@@ -310,7 +318,7 @@ def compare(
     refuse_overwriting_inputs(output, contents)
     if size < 16:
         raise StyleTransferError("--size must be at least 16")
-    controls = Controls(strength, preserve_color, stroke_scale)
+    controls = Controls(strength, preserve_color, stroke_scale, grain)
     stylizers = [Stylizer.from_checkpoint(p, device) for p in resolve_models(models, checkpoints)]
     images = [load_image(p, max_size=4 * size) for p in contents]
     save_image(make_grid(images, stylizers, size, controls), output)

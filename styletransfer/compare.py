@@ -47,7 +47,7 @@ def compare(
     """A grid with one row per content image: the content, then each model's stylisation.
 
     Each cell is the image centre-cropped to a square of ``cell`` pixels (at least 16); every
-    model stylises it under the same ``controls`` (strength, preserve colour, stroke scale).
+    model stylises it under the same ``controls`` (strength, preserve colour, stroke scale, grain).
     Raises StyleTransferError for a smaller cell, or a model that runs out of memory.
     """
     if cell < 16:

@@ -12,17 +12,20 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from .devices import PRECISIONS
 from .errors import StyleTransferError
+from .grain import GRAIN_MAX
 from .loss import CONTENT_LAYER, STYLE_LAYERS, VGG_LAYERS, LossWeights
 from .norms import NORMS, norm_spec
 
-__all__ = ["TrainConfig", "option_name"]
+__all__ = ["GRAIN_DEFAULT", "TrainConfig", "option_name"]
+
+GRAIN_DEFAULT = 0.0  # 8-bit steps
 
 
 def setting(default=MISSING, help: str = "", **cli) -> field:
     """A config field with its help text and how the command line and validation treat it.
 
-    ``cli`` keys: ``resumable`` (may change when a run is resumed), ``minimum`` (smallest
-    allowed value), ``positive`` (must be > 0), ``choices``, ``path`` (a file or folder, made
+    ``cli`` keys: ``resumable`` (may change when a run is resumed), ``minimum`` and ``maximum``
+    (smallest and largest allowed value), ``positive`` (must be > 0), ``choices``, ``path`` (a file or folder, made
     absolute by the CLI), ``flags`` (option names), ``envvar``, ``default_text`` (the default
     as shown in ``--help``), ``cli=False`` (not a command-line option).
     """
@@ -50,6 +53,10 @@ class TrainConfig:
     content_weight: float = setting(LossWeights.content, "Weight of the content loss (VGG features).", minimum=0)
     style_weight: float = setting(LossWeights.style, "Weight of the style loss (Gram matrices).", minimum=0)
     tv_weight: float = setting(LossWeights.tv, "Weight of the total-variation loss (smoothness).", minimum=0)
+    # What the network sees: each photo plus fresh noise, so flat regions get strokes (styletransfer.grain).
+    grain: float = setting(GRAIN_DEFAULT, "Grain added to each training photo: the standard deviation of Gaussian noise, in "
+                           "8-bit steps (0: none). Stylising adds the same level by default.",
+                           minimum=0, maximum=GRAIN_MAX)  # fmt: skip
     vgg: str = setting("vgg16", "Loss network: vgg16 (Johnson et al.) or vgg19.", choices=tuple(VGG_LAYERS))
     vgg_weights: str | None = setting(
         None, "Local VGG weights file (torchvision state dict, full or features.* only), for offline use. "
@@ -107,6 +114,7 @@ class TrainConfig:
         values = {k: v for k, v in saved.items() if k in known}
         if "style_layers" in values:
             values["style_layers"] = tuple(values["style_layers"])
+        values.setdefault("grain", 0.0)  # runs from before grain trained without it
         return cls(**values)
 
     def resumed_with(self, given: dict) -> TrainConfig:
@@ -149,6 +157,8 @@ def _check_value(f, value) -> None:
         raise StyleTransferError(f"{option} {value!r} is not one of: {', '.join(rules['choices'])}")
     if "minimum" in rules or rules.get("positive"):
         _check_number(option, value, rules.get("minimum"), rules.get("positive", False))
+    if "maximum" in rules and value > rules["maximum"]:
+        raise StyleTransferError(f"{option} must be at most {rules['maximum']:g}, not {value:g}")
 
 
 def _check_number(option: str, value, minimum: float | None, positive: bool) -> None:

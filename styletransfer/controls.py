@@ -1,6 +1,6 @@
-"""The stylisation controls: strength, preserve colour and stroke scale.
+"""The stylisation controls: strength, preserve colour, stroke scale and grain.
 
-One :class:`Controls` value carries all three, checked once when it is made; the command line
+One :class:`Controls` value carries all four, checked once when it is made; the command line
 (``stylize``, ``compare``), the Python API (:meth:`styletransfer.stylize.Stylizer.stylize`) and the
 web demo all build one and hand it to :func:`apply_controls`, which wraps the network:
 
@@ -11,6 +11,9 @@ web demo all build one and hand it to :func:`apply_controls`, which wraps the ne
    Hertzmann & Shechtman 2016, "Preserving Color in Neural Artistic Style Transfer", luminance-only
    transfer), see :func:`keep_photo_colours`;
 3. **strength** a in [0, 1]: ``a * stylised + (1 - a) * photo``, see :func:`blend`.
+
+**Grain** (noise the network sees, :mod:`styletransfer.grain`) is added by the stylizer itself,
+at the network's input size, since its default is the model's own level.
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
 from .errors import StyleTransferError
+from .grain import check_grain
 
 __all__ = [
     "Controls", "RGB_FROM_YIQ", "STROKE_SCALE_MAX", "STROKE_SCALE_MIN", "YIQ_FROM_RGB", "apply_controls", "blend",
@@ -50,6 +55,8 @@ class Controls:
     ``strength``: 0 (the photo back) to 1 (the network's output), a linear blend (:func:`blend`).
     ``preserve_color``: keep the photo's colours, take only the luminance of the stylisation.
     ``stroke_scale``: :data:`STROKE_SCALE_MIN` to :data:`STROKE_SCALE_MAX`; 2 gives strokes twice as wide.
+    ``grain``: 0 to :data:`~styletransfer.grain.GRAIN_MAX` 8-bit steps of noise added to the photo
+    the network sees; None (the default) is the level the model was trained with.
     Raises StyleTransferError, one line naming the option, for a value that is not a finite
     number in range (or not a bool, for ``preserve_color``).
     """
@@ -57,6 +64,7 @@ class Controls:
     strength: float = 1.0
     preserve_color: bool = False
     stroke_scale: float = 1.0
+    grain: float | None = None
 
     def __post_init__(self) -> None:
         _check_in_range("--strength", self.strength, 0.0, 1.0)
@@ -65,9 +73,16 @@ class Controls:
         _check_in_range("--stroke-scale", self.stroke_scale, STROKE_SCALE_MIN, STROKE_SCALE_MAX)
         object.__setattr__(self, "strength", float(self.strength))
         object.__setattr__(self, "stroke_scale", float(self.stroke_scale))
+        if self.grain is not None:
+            object.__setattr__(self, "grain", check_grain(self.grain))
+
+    @property
+    def plain(self) -> bool:
+        """Whether the output is the network's own (strength 1, its colours, stroke scale 1), grain aside."""
+        return (self.strength, self.preserve_color, self.stroke_scale) == (1.0, False, 1.0)
 
     def as_dict(self) -> dict:
-        """``{"strength": ..., "preserve_color": ..., "stroke_scale": ...}``, e.g. for a JSON record."""
+        """``{"strength": ..., "preserve_color": ..., "stroke_scale": ..., "grain": ...}``, e.g. for a JSON record."""
         return asdict(self)
 
 
@@ -110,7 +125,10 @@ class Controlled:
     def stylize_tensor(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1] to (B, 3, H, W) float32 in [0, 1], on the stylizer's device."""
         photo = images.to(getattr(self.stylizer, "device", "cpu"))
-        return apply_controls(self.stylizer.stylize_tensor, photo, self.controls)
+        network = self.stylizer.stylize_tensor
+        if self.controls.grain is not None:
+            network = partial(network, grain=self.controls.grain)
+        return apply_controls(network, photo, self.controls)
 
 
 def network_size(size: tuple[int, int], stroke_scale: float) -> tuple[int, int]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -24,6 +25,7 @@ from .checkpoint import FORMAT, META_KEY, atomic_write, load_checkpoint, model_l
 from .controls import Controls, apply_controls
 from .data import image_to_tensor, tensor_to_image
 from .errors import StyleTransferError, one_line
+from .grain import add_grain, model_grain
 from .norms import norm_label
 from .tiling import parse_tile
 
@@ -215,28 +217,36 @@ class OnnxStylizer:
     def label(self) -> str:
         return model_label({**self.meta, "style": self.style})
 
-    def stylize_tensor(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [0, 1] to stylised (B, 3, H, W) float32 in [0, 1] on the CPU, any H and W."""
+    @property
+    def grain(self) -> float:
+        """The grain level (8-bit steps) the model was trained with: what stylising adds by default."""
+        return model_grain(self.meta)
+
+    def stylize_tensor(self, images: torch.Tensor, grain: float | None = None) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] to stylised (B, 3, H, W) float32 in [0, 1] on the CPU, any H and W;
+        ``grain`` as in :meth:`Stylizer.stylize_tensor <styletransfer.stylize.Stylizer.stylize_tensor>`."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise StyleTransferError(f"expected images of shape (B, 3, H, W), not {tuple(images.shape)}")
-        x = images.detach().to("cpu", torch.float32).contiguous().numpy()
+        x = add_grain(images.detach().to("cpu", torch.float32), self.grain if grain is None else grain)
+        x = x.contiguous().numpy()
         (y,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: x})
         return torch.from_numpy(y)
 
     def stylize(
         self, image: Image.Image, strength: float = 1.0, preserve_color: bool = False, stroke_scale: float = 1.0,
-        tile: str | int = "auto", tile_progress=None,
+        tile: str | int = "auto", tile_progress=None, grain: float | None = None,
     ) -> Image.Image:  # fmt: skip
         """An RGB image in, its stylisation (same size) out, under the controls of
         :class:`~styletransfer.controls.Controls`, as :meth:`Stylizer.stylize <styletransfer.stylize.Stylizer.stylize>`;
         untiled: ``tile`` may be ``auto`` or ``off`` (tiling needs the checkpoint's network)."""
-        return self.render(image, Controls(strength, preserve_color, stroke_scale), tile)
+        return self.render(image, Controls(strength, preserve_color, stroke_scale, grain), tile)
 
     def render(self, image: Image.Image, controls: Controls = Controls(), tile: str | int = "auto", tile_progress=None):
         """As :meth:`stylize`, with the controls already checked in one :class:`Controls`."""
         if parse_tile(tile) not in ("auto", "off"):
             raise StyleTransferError(f"{self.path}: ONNX models are not tiled; use the .safetensors checkpoint")
-        return tensor_to_image(apply_controls(self.stylize_tensor, image_to_tensor(image)[None], controls)[0])
+        network = partial(self.stylize_tensor, grain=controls.grain)
+        return tensor_to_image(apply_controls(network, image_to_tensor(image)[None], controls)[0])
 
 
 def check_cpu_fp32(path: Path, device: str, precision: str) -> None:

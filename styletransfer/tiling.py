@@ -49,6 +49,7 @@ from torch import nn
 
 from .devices import autocast
 from .errors import StyleTransferError
+from .grain import add_grain
 from .instance_ops import instance_moments
 from .norms import InstanceStatistics
 
@@ -191,13 +192,14 @@ def whole_image_moments(layers: list[InstanceStatistics]) -> Iterator[_WholeImag
             del layer.moments_override  # back to the class's None: the layer's own statistics
 
 
-def _read_region(images: torch.Tensor, tile: Tile, parameter: torch.Tensor) -> torch.Tensor:
+def _read_region(images: torch.Tensor, tile: Tile, parameter: torch.Tensor, grain: float = 0.0) -> torch.Tensor:
     """The tile's region of the padded image in [0, 1], channels_last, with the device and float
-    dtype of the model's ``parameter``."""
+    dtype of the model's ``parameter``; with the whole image's ``grain`` (8-bit steps) at its place."""
     top, bottom, left, right = tile.region
     height, width = images.shape[-2:]
     crop = images[:, :, top:min(bottom, height), left:min(right, width)].to(parameter.device)
-    crop = crop.to(parameter.dtype).div_(255) if crop.dtype == torch.uint8 else crop.to(parameter.dtype)
+    crop = crop.float().div_(255) if crop.dtype == torch.uint8 else crop.float()
+    crop = add_grain(crop, grain, top, left).to(parameter.dtype)
     pad_h, pad_w = bottom - min(bottom, height), right - min(right, width)
     if pad_h or pad_w:  # the padded image's border, as TransformerNet pads it
         crop = F.pad(crop, (0, pad_w, 0, pad_h), mode=padded_size(height, width)[2])
@@ -229,6 +231,7 @@ def stylize_in_tiles(
     halo: int = HALO,
     out: torch.Tensor | None = None,
     progress: ProgressCallback | None = None,
+    grain: float = 0.0,
 ) -> torch.Tensor:
     """Stylise ``images`` tile by tile with the statistics of the whole image (see the module).
 
@@ -238,8 +241,9 @@ def stylize_in_tiles(
     4, >= 16); ``precision``: the autocast dtype (float32: none); ``halo``: as in
     :func:`plan_tiles`; ``out``: where to write the (B, 3, H, W) result, float in [0, 1] or
     uint8 (rounded as :func:`~styletransfer.data.tensor_to_image` rounds), on the CPU (by
-    default a new float32 tensor), returned. ``progress`` is called after every tile. Takes one
-    pass over the tiles per per-instance layer, plus one.
+    default a new float32 tensor), returned. ``progress`` is called after every tile. ``grain``:
+    the level of :func:`~styletransfer.grain.add_grain` the network sees, each tile getting the
+    whole image's grain at its place. Takes one pass over the tiles per per-instance layer, plus one.
     Raises ValueError for a model in training mode or a bad side or halo.
     """
     if model.training:
@@ -253,7 +257,7 @@ def stylize_in_tiles(
 
     def run(tile: Tile) -> torch.Tensor:
         with autocast(parameter.device, precision):
-            return model(_read_region(images, tile, parameter))
+            return model(_read_region(images, tile, parameter, grain))
 
     if out is None:
         out = torch.empty((images.shape[0], 3, height, width))
@@ -274,14 +278,16 @@ def stylize_in_tiles(
 
 def stylize_image_in_tiles(
     model: nn.Module, image: Image.Image, side: int, precision: torch.dtype = torch.float32,
-    progress: ProgressCallback | None = None,
+    progress: ProgressCallback | None = None, grain: float = 0.0,
 ) -> Image.Image:  # fmt: skip
-    """An RGB image stylised in tiles of ``side`` pixels, as :func:`stylize_in_tiles`; the image
-    stays in 8 bits in memory (3 bytes a pixel in, 3 out) and only tiles become float."""
+    """An RGB image stylised in tiles of ``side`` pixels, as :func:`stylize_in_tiles` (``grain`` too);
+    the image stays in 8 bits in memory (3 bytes a pixel in, 3 out) and only tiles become float."""
     pixels = torch.from_numpy(np.array(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8))
     result = torch.empty_like(pixels)
     to_chw = partial(torch.permute, dims=(2, 0, 1))
-    stylize_in_tiles(model, to_chw(pixels)[None], side, precision=precision, out=to_chw(result)[None], progress=progress)
+    stylize_in_tiles(
+        model, to_chw(pixels)[None], side, precision=precision, out=to_chw(result)[None], progress=progress, grain=grain
+    )
     return Image.fromarray(result.numpy(), "RGB")
 
 

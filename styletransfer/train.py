@@ -38,6 +38,7 @@ from .distributed import (
     wrap,
 )
 from .errors import StyleTransferError, TrainingDiverged, TrainingInterrupted, one_line
+from .grain import training_grain
 from .loss import RANDOM_WEIGHTS, LossWeights, PerceptualLoss, load_vgg_features
 from .network import TransformerNet
 from .norms import NORMS
@@ -214,7 +215,7 @@ def training_loop(t: Training) -> Path:
     stop = StopRequest()
     with stop, training_progress(t.console, t.start_step, cfg.iterations) as progress:
         for step, content in enumerate(t.loader, start=t.start_step + 1):
-            losses = training_step(t, content, scaler)
+            losses = training_step(t, content, step, scaler)
             # After the update, so the (one) exchange between processes does not stall the GPU.
             values, stop_now = summarise_step(t.procs, losses, stop.requested)
             refuse_non_finite_loss(values, step, t.ckpt_path)
@@ -232,11 +233,16 @@ def training_loop(t: Training) -> Path:
     return t.ckpt_path
 
 
-def training_step(t: Training, content: torch.Tensor, scaler: torch.amp.GradScaler) -> dict[str, torch.Tensor]:
-    """One optimiser update on a batch of content photos (B, 3, S, S) in [0, 1]; returns the loss terms."""
-    content = content.to(t.device, non_blocking=True).contiguous(memory_format=t.memory_format)
+def training_step(t: Training, content: torch.Tensor, step: int, scaler: torch.amp.GradScaler) -> dict[str, torch.Tensor]:
+    """One optimiser update on a batch of content photos (B, 3, S, S) in [0, 1]; returns the loss terms.
+
+    The network sees the photos with grain; the content loss compares its output with the clean photos.
+    """
+    content = content.to(t.device, non_blocking=True)
+    grainy = training_grain(content, t.cfg.grain, t.cfg.seed, step, first=t.procs.rank * content.shape[0])
+    grainy, content = (x.contiguous(memory_format=t.memory_format) for x in (grainy, content))
     with autocast(t.device, t.amp_dtype):
-        losses = t.loss_fn(t.net(content), content)
+        losses = t.loss_fn(t.net(grainy), content)
     t.optimizer.zero_grad(set_to_none=True)
     scaler.scale(losses["total"]).backward()
     scaler.step(t.optimizer)
@@ -342,6 +348,7 @@ def checkpoint_metadata(cfg: TrainConfig, step: int, recent, log: LossLog) -> di
         "style_credit": cfg.style_credit,
         "step": step,
         "image_size": cfg.image_size,
+        "grain": cfg.grain,  # stylising adds this level by default (styletransfer.grain)
         "vgg": vgg_description(cfg),
         "losses": losses,
         "history": log.history(),

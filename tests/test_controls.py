@@ -67,6 +67,8 @@ def luma_correlation(a: Image.Image, b: Image.Image) -> float:
         ({"stroke_scale": 0}, f"--stroke-scale must be between {STROKE_SCALE_MIN:g} and {STROKE_SCALE_MAX:g}"),
         ({"stroke_scale": STROKE_SCALE_MAX + 0.01}, "--stroke-scale must be between"),
         ({"stroke_scale": -math.inf}, "--stroke-scale must be a finite number"),
+        ({"grain": -1}, "--grain must be between 0 and 32"),
+        ({"grain": "4"}, "--grain must be a finite number"),
     ],
 )
 def test_controls_refuse_bad_values_in_one_line(values, option):
@@ -78,7 +80,9 @@ def test_controls_refuse_bad_values_in_one_line(values, option):
 def test_controls_accept_their_whole_range_and_are_frozen():
     for c in (Controls(0, True, STROKE_SCALE_MIN), Controls(1, False, STROKE_SCALE_MAX), Controls(0.25)):
         assert isinstance(c.strength, float) and isinstance(c.stroke_scale, float)
-    assert Controls(0.5, True, 2).as_dict() == {"strength": 0.5, "preserve_color": True, "stroke_scale": 2.0}
+    assert Controls(0.5, True, 2).as_dict() == {"strength": 0.5, "preserve_color": True, "stroke_scale": 2.0, "grain": None}
+    assert Controls(grain=3).grain == 3.0 and isinstance(Controls(grain=0).grain, float)
+    assert Controls(grain=7).plain and not Controls(0.5).plain and not Controls(stroke_scale=2).plain
     with pytest.raises(AttributeError):
         Controls().strength = 0.5
 

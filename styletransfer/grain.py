@@ -1,0 +1,100 @@
+"""Grain: seeded Gaussian noise added to the photo before the network, so flat regions get strokes.
+
+A convolutional network maps a uniform region wider than its receptive field (~110 px for
+TransformerNet) to one uniform colour: clipped skies and dark backgrounds come out as blotches
+without strokes (docs/results.md, "Blotches"). A little noise gives the network something to
+paint there, as the noise inputs of Ulyanov et al. 2016 ("Texture Networks") do. A model trained
+with grain (``train --grain``) is stylised with the same level by default (stored in its
+checkpoint as ``grain``).
+
+Levels are the noise's standard deviation in 8-bit steps (1/255 of the [0, 1] range); the
+grainy image is clipped back to [0, 1], as a photo's values are.
+
+Two kinds of noise, for two purposes:
+
+* training (:func:`training_grain`): fresh noise per step, a pure function of (seed, step) like
+  the batches, so the network cannot learn one pattern;
+* stylising (:func:`add_grain`): a fixed pattern, a pure function of each pixel's position in the
+  image (a hash, not a random stream), so tiles of a huge image get exactly the grain the whole
+  image would and the frames of a video share one pattern (no flicker from the grain).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .errors import StyleTransferError
+
+__all__ = ["GRAIN_MAX", "add_grain", "check_grain", "grain_field", "model_grain", "training_grain"]
+
+GRAIN_MAX = 32.0  # 8-bit steps; beyond this the grain itself shows through the strokes
+
+_MASK = 0xFFFFFFFF
+_MIX = 0x45D9F3B  # odd, < 2**31: products of 32-bit values stay below 2**63 in int64
+
+
+def check_grain(level, option: str = "--grain") -> float:
+    """``level`` as a float in [0, :data:`GRAIN_MAX`]; a StyleTransferError naming ``option`` otherwise."""
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not math.isfinite(level):
+        raise StyleTransferError(f"{option} must be a finite number, not {level!r}")
+    if not 0 <= level <= GRAIN_MAX:
+        raise StyleTransferError(f"{option} must be between 0 and {GRAIN_MAX:g} (8-bit steps), not {level:g}")
+    return float(level)
+
+
+def model_grain(meta: dict) -> float:
+    """The grain level a model was trained with, from its checkpoint metadata (0: none, or a model
+    from before grain): the level stylising adds by default."""
+    return float(meta.get("grain", 0.0))
+
+
+def _hash32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (two multiply-xorshift rounds) of int64 values in [0, 2**32)."""
+    x = ((x >> 16) ^ x) * _MIX & _MASK
+    x = ((x >> 16) ^ x) * _MIX & _MASK
+    return (x >> 16) ^ x
+
+
+def _uniform(seed: int, stream: int, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Uniform values in (0, 1), (3, h, w) float64, one per channel and pixel, from the hash of
+    (seed, stream, channel, row, column)."""
+    key = torch.arange(3, dtype=torch.int64).view(3, 1, 1) + 8 * (2 * seed + stream)
+    key = _hash32(_hash32(_hash32(key & _MASK) ^ rows.view(1, -1, 1)) ^ cols.view(1, 1, -1))
+    return (key.double() + 0.5) / 2**32
+
+
+def grain_field(height: int, width: int, top: int = 0, left: int = 0, seed: int = 0) -> torch.Tensor:
+    """Standard normal noise (3, height, width) float32 for the pixels ``top:top+height`` by
+    ``left:left+width`` of an image: the same values for the same pixel whatever the region
+    asked for (Box-Muller on two hashed uniforms per pixel and channel). ``seed``: >= 0."""
+    rows = torch.arange(top, top + height, dtype=torch.int64)
+    cols = torch.arange(left, left + width, dtype=torch.int64)
+    u1, u2 = _uniform(seed, 0, rows, cols), _uniform(seed, 1, rows, cols)
+    return (torch.sqrt(-2 * torch.log(u1)) * torch.cos(2 * math.pi * u2)).float()
+
+
+def add_grain(images: torch.Tensor, level: float, top: int = 0, left: int = 0) -> torch.Tensor:
+    """``images`` (B, 3, h, w) float in [0, 1], the region at (``top``, ``left``) of a larger image
+    (0, 0: the whole image), plus the fixed grain of that region at ``level`` 8-bit steps,
+    clipped to [0, 1]; the same pattern for every image of the batch. Level 0 returns ``images``."""
+    if level == 0:
+        return images
+    noise = grain_field(images.shape[-2], images.shape[-1], top, left).to(images.device, images.dtype)
+    return (images + noise.mul_(level / 255)).clamp_(0, 1)
+
+
+def training_grain(content: torch.Tensor, level: float, seed: int, step: int, first: int = 0) -> torch.Tensor:
+    """A training batch ``content`` (B, 3, S, S) in [0, 1] plus fresh Gaussian grain of ``level``
+    8-bit steps, clipped to [0, 1]. Each image's noise is a pure function of (``seed``, ``step``,
+    its place in the global batch: ``first`` + its index), like the batches themselves
+    (:class:`~styletransfer.data.StepBatches`), so a resumed or multi-process run adds the same
+    grain. Level 0 returns ``content``."""
+    if level == 0:
+        return content
+    noise = torch.stack([
+        torch.randn(content.shape[1:], generator=torch.Generator().manual_seed((seed * 1_000_003 + step) * 1024 + first + i))
+        for i in range(content.shape[0])
+    ])  # fmt: skip
+    return (content + noise.to(content.device, content.dtype).mul_(level / 255)).clamp_(0, 1)
