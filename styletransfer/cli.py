@@ -503,6 +503,7 @@ def evaluate(
     ] = None,
     device: Annotated[str, typer.Option(help="auto (CUDA if available), cpu, cuda or cuda:N.")] = "auto",
     precision: Annotated[str, typer.Option(help="Precision of the models: auto, fp32, bf16 or fp16 (CUDA).")] = "auto",
+    grain: Grain = None,
 ) -> None:
     """Score stylisation quality on held-out photos, one table row per model or folder.
 
@@ -523,7 +524,7 @@ def evaluate(
     from .stylize import save_image
 
     ev = run(photos, models or [], outputs or [], style, checkpoints, size, style_size, limit or None,
-             vgg_weights, device, precision, grid, console=err)  # fmt: skip
+             vgg_weights, device, precision, grid, console=err, grain=grain)  # fmt: skip
     Console(width=None if Console().is_terminal else 200).print(summary_table(ev))
     for path, write in ((csv, write_csv), (json, write_json)):
         if path is not None:

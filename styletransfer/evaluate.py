@@ -37,6 +37,7 @@ from PIL import Image
 from .data import MIN_STYLE_SIDE, image_to_tensor, load_image, load_style_image, tensor_to_image
 from .devices import pick_device
 from .errors import StyleTransferError
+from .grain import check_grain
 from .loss import (
     RANDOM_WEIGHTS,
     LossWeights,
@@ -354,13 +355,16 @@ def load_photo(photo: Photo, size: int) -> Image.Image:
     return img
 
 
-def stylised(row: Row, photo: Photo, image: Image.Image, device: torch.device) -> tuple[torch.Tensor, float | None]:
-    """The row's stylisation of ``image`` as (1, 3, H, W) in [0, 1], 8-bit, and the seconds it took."""
+def stylised(
+    row: Row, photo: Photo, image: Image.Image, device: torch.device, grain: float | None = None
+) -> tuple[torch.Tensor, float | None]:
+    """The row's stylisation of ``image`` as (1, 3, H, W) in [0, 1], 8-bit, and the seconds it took;
+    ``grain``: the level models add (None: each model's own)."""
     if row.stylizer is None:
         return quantise(image_to_tensor(read_output(row.outputs[photo.key], image.size))[None].to(device)), None
     x = image_to_tensor(image)[None]
     start = time.perf_counter()
-    y = row.stylizer.stylize_tensor(x)
+    y = row.stylizer.stylize_tensor(x, grain)
     if y.device.type == "cuda":
         torch.cuda.synchronize(y.device)
     seconds = time.perf_counter() - start
@@ -381,9 +385,11 @@ def evaluate(
     size: int = DEFAULT_SIZE,
     grid_photos: int = 0,
     on_step: Callable[[], None] | None = None,
+    grain: float | None = None,
 ) -> Evaluation:
     """Score every row on every photo (long side at most ``size`` px); the photos are the outer loop,
     so each photo is read and its features computed once. ``on_step`` is called after each pair.
+    ``grain``: the grain level the models add (None: each model's own, :mod:`styletransfer.grain`).
     The first ``grid_photos`` photos and their stylisations are kept for :func:`grid_image`.
     """
     for row in rows:  # problems with a style image or a VGG show up before any work
@@ -399,7 +405,7 @@ def evaluate(
         target = scorer.content_target(x)
         cells = [image]
         for row in rows:
-            out, seconds = stylised(row, photo, image, scorer.device)
+            out, seconds = stylised(row, photo, image, scorer.device, grain)
             scores[(row.label, photo.key)] = {**scorer.score(row, out, x, target), "seconds_per_image": seconds}
             if i < grid_photos:
                 cells.append(tensor_to_image(out[0]))
@@ -409,7 +415,8 @@ def evaluate(
             grid.append(cells)
     settings = {"size": size, "style_size": scorer.style_size, "metric_vgg": METRIC_VGG,
                 "content_distance_layer": CONTENT_DISTANCE_LAYER, "style_distance_layers": list(STYLE_DISTANCE_LAYERS),
-                "vgg_weights": describe_vgg_weights(scorer.vgg_weights), "device": str(scorer.device)}  # fmt: skip
+                "vgg_weights": describe_vgg_weights(scorer.vgg_weights), "device": str(scorer.device),
+                "grain": "each model's own" if grain is None else grain}  # fmt: skip
     return Evaluation(rows, photos, scores, settings, grid)
 
 
@@ -443,12 +450,15 @@ def run(
     precision: str = "auto",
     grid: Path | None = None,
     console=None,
+    grain: float | None = None,
 ) -> Evaluation:
     """Everything ``styletransfer evaluate`` does but printing: check the inputs, score, write the grid.
 
     Raises StyleTransferError (one line) for any bad input.
     """
     check_options(models, outputs, size, style_size, limit, grid, style)
+    if grain is not None:
+        check_grain(grain)
     photos = find_photos(photos_dir, limit)
     rows = model_rows(models, checkpoints, style, device, precision)
     folders, missing = folder_rows(outputs, photos, style, rows)
@@ -459,7 +469,7 @@ def run(
     unique_labels(rows)
     scorer = Scorer(vgg_weights, style_size, pick_device(device))
     with progress_bar(console, len(photos) * len(rows)) if console else contextlib.nullcontext(None) as advance:
-        ev = evaluate(rows, photos, scorer, size, GRID_PHOTOS if grid else 0, advance)
+        ev = evaluate(rows, photos, scorer, size, GRID_PHOTOS if grid else 0, advance, grain)
     ev.settings["photos"] = str(photos_dir)
     return ev
 

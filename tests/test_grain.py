@@ -133,3 +133,15 @@ def test_cli_grain_option(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--grain must be between 0 and 32" in err
     assert not (tmp_path / "bad.png").exists()
+
+
+def test_evaluate_scores_the_grain_asked_for(trained_runs, photos):
+    from styletransfer.evaluate import run
+
+    ckpt = str(trained_runs["in"] / "checkpoint.safetensors")
+    plain, grainy = (run(photos, [ckpt], [], size=64, limit=2, vgg_weights="random", device="cpu", grain=g) for g in (None, 16))
+    assert plain.settings["grain"] == "each model's own" and grainy.settings["grain"] == 16
+    label = plain.rows[0].label
+    assert plain.scores[(label, "photo0.png")]["content_distance"] != grainy.scores[(label, "photo0.png")]["content_distance"]
+    with pytest.raises(StyleTransferError, match="--grain"):
+        run(photos, [ckpt], [], size=64, vgg_weights="random", device="cpu", grain=99)
