@@ -238,3 +238,14 @@ def test_running_without_onnxruntime_says_how_to_install_it(monkeypatch, tmp_pat
 
 def test_open_model_keeps_checkpoints_on_torch(checkpoint):
     assert isinstance(open_model(checkpoint, "cpu", "fp32"), Stylizer)
+
+
+def test_an_exported_model_keeps_its_grain(tmp_path):
+    checkpoint = save_checkpoint(tmp_path / "in.safetensors", randomised_network("in"), {"norm": "in", "grain": 6.0, **META})
+    stylizer = OnnxStylizer(export_onnx(checkpoint, tmp_path / "in.onnx"))
+    by_torch = Stylizer.from_checkpoint(checkpoint, "cpu", "fp32")
+    assert stylizer.grain == by_torch.grain == 6
+    images = photos(1, 40, 36, seed=3)
+    torch.testing.assert_close(stylizer.stylize_tensor(images), by_torch.stylize_tensor(images), atol=1e-4, rtol=0)
+    torch.testing.assert_close(stylizer.stylize_tensor(images, grain=0), by_torch.stylize_tensor(images, grain=0), atol=1e-4, rtol=0)
+    assert (stylizer.stylize_tensor(images) - stylizer.stylize_tensor(images, grain=0)).abs().max() > 0.01
