@@ -32,6 +32,7 @@ __all__ = ["GRAIN_MAX", "add_grain", "check_grain", "grain_field", "model_grain"
 
 GRAIN_MAX = 32.0  # 8-bit steps; beyond this the grain itself shows through the strokes
 
+_CACHED_PIXELS = 1920 * 1080  # fields up to a full-HD frame are kept (4 of them: at most 100 MB)
 _MASK = 0xFFFFFFFF
 _MIX = 0x45D9F3B  # odd, < 2**31: products of 32-bit values stay below 2**63 in int64
 
@@ -64,18 +65,26 @@ def _hashed(seed: int, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     return _hash32(_hash32(key ^ rows.view(1, -1, 1)) ^ cols.view(1, 1, -1))
 
 
-@functools.lru_cache(maxsize=4)  # a folder of one size, or a video, asks for the same field again
 def grain_field(height: int, width: int, top: int = 0, left: int = 0, seed: int = 0) -> torch.Tensor:
     """Standard normal noise (3, height, width) float32 for the pixels ``top:top+height`` by
     ``left:left+width`` of an image: the same values for the same pixel whatever the region
     asked for. Box-Muller on the two 16-bit halves of one hash per pixel and channel (so the
-    tails stop at 4.9 standard deviations). ``seed``: >= 0. Read-only: the result is cached."""
+    tails stop at 4.9 standard deviations). ``seed``: >= 0. Read-only: the result may be cached."""
+    if height * width <= _CACHED_PIXELS:  # a folder of one size, or a video, asks for the same field again
+        return _cached_field(height, width, top, left, seed)
+    return _field(height, width, top, left, seed)
+
+
+def _field(height: int, width: int, top: int, left: int, seed: int) -> torch.Tensor:
     rows = torch.arange(top, top + height, dtype=torch.int64)
     cols = torch.arange(left, left + width, dtype=torch.int64)
     key = _hashed(seed, rows, cols)
     u1 = ((key >> 16).float() + 0.5) / 65536  # in (0, 1): the logarithm stays finite
     u2 = (key & 0xFFFF).float() / 65536
     return torch.sqrt(-2 * torch.log(u1)) * torch.cos(2 * math.pi * u2)
+
+
+_cached_field = functools.lru_cache(maxsize=4)(_field)
 
 
 def add_grain(images: torch.Tensor, level: float, top: int = 0, left: int = 0) -> torch.Tensor:
