@@ -1,11 +1,12 @@
-"""Photo | stylised | stylised after adding grain to the photo, one row per model and photo.
+"""Blotches before and after grain: one row per photo, the photo then one column per model, each
+cell labelled with its blotch area (:func:`styletransfer.metrics.blotch_area`).
 
-    python scripts/grain_figure.py docs/figures/blotch-grain.jpg composition_vii/in:examples/astronaut.jpg \\
-        wave/bn:examples/rocket.jpg --size 512 --grain 4
+    python scripts/grain_figure.py docs/figures/blotch-grain.jpg examples/chelsea.jpg examples/rocket.jpg \\
+        --model "no grain=composition_vii/in@0" --model "grain 4 at stylising=composition_vii/in@4"
 
-The grain is Gaussian, ``--grain`` levels of 255 (standard deviation), seeded, added to the photo
-in [0, 1] and clipped; rows are labelled with each picture's blotch area
-(:func:`styletransfer.metrics.blotch_area`).
+``--model LABEL=MODEL[@GRAIN]``: a model name or checkpoint, stylising with grain GRAIN (8-bit
+steps, :func:`styletransfer.grain.add_grain`; without @, the model's own level). Photos are scaled
+to ``--size`` on the long side; stylised in fp32 on the CPU.
 """
 
 from __future__ import annotations
@@ -16,45 +17,65 @@ from PIL import Image, ImageDraw
 
 from styletransfer.data import image_to_tensor, load_image, resize_long_side, tensor_to_image
 from styletransfer.errors import StyleTransferError
+from styletransfer.grain import check_grain
 from styletransfer.metrics import blotch_area
 from styletransfer.models import resolve_model
 from styletransfer.stylize import Stylizer
 
-from blotch_causes import with_grain  # scripts/, beside this one
+CAPTION = 18  # pixels above each cell
 
 
-def row(model: str, photo: str, size: int, levels: float) -> list[tuple[Image.Image, str]]:
-    stylizer = Stylizer.from_checkpoint(resolve_model(model)[0], "cpu")
+def parse_model(spec: str) -> tuple[str, Stylizer, float | None]:
+    """``LABEL=MODEL[@GRAIN]`` as (label, its stylizer, grain or None for the model's own)."""
+    label, sep, rest = spec.partition("=")
+    if not sep or not label or not rest:
+        raise StyleTransferError(f"--model {spec!r}: expected LABEL=MODEL or LABEL=MODEL@GRAIN")
+    model, at, grain = rest.rpartition("@") if "@" in rest else (rest, "", "")
+    level = None
+    if at:
+        try:
+            level = check_grain(float(grain), "@GRAIN")
+        except ValueError:
+            raise StyleTransferError(f"--model {spec!r}: @{grain} is not a number") from None
+    return label, Stylizer.from_checkpoint(resolve_model(model)[0], "cpu", "fp32"), level
+
+
+def cells(photo: str, models: list[tuple[str, Stylizer, float | None]], size: int) -> list[tuple[Image.Image, str]]:
     x = image_to_tensor(resize_long_side(load_image(photo), size))[None]
-    plain, grained = stylizer.stylize_tensor(x), stylizer.stylize_tensor(with_grain(x, levels))
-    area = lambda y: f"blotch area {100 * blotch_area(y).item():.1f} %"  # noqa: E731
-    return [(tensor_to_image(x[0]), photo.split("/")[-1]), (tensor_to_image(plain[0]), f"{model}: {area(plain)}"),
-            (tensor_to_image(grained[0]), f"grain {levels:g}/255: {area(grained)}")]  # fmt: skip
+    row = [(tensor_to_image(x[0]), photo.split("/")[-1])]
+    for label, stylizer, grain in models:
+        y = stylizer.stylize_tensor(x, grain)
+        row.append((tensor_to_image(y[0]), f"{label}: blotch area {100 * blotch_area(y).item():.1f} %"))
+    return row
+
+
+def sheet(rows: list[list[tuple[Image.Image, str]]]) -> Image.Image:
+    width = max(img.width for row in rows for img, _ in row)
+    heights = [max(img.height for img, _ in row) + CAPTION for row in rows]
+    out = Image.new("RGB", (len(rows[0]) * width, sum(heights)), "white")
+    draw = ImageDraw.Draw(out)
+    for r, row in enumerate(rows):
+        top = sum(heights[:r])
+        for c, (img, label) in enumerate(row):
+            draw.text((c * width + 4, top + 3), label, fill="black")
+            out.paste(img, (c * width, top + CAPTION))
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out")
-    parser.add_argument("rows", nargs="+", help="MODEL:PHOTO, e.g. wave/bn:examples/rocket.jpg")
+    parser.add_argument("photos", nargs="+")
+    parser.add_argument("--model", action="append", required=True, help="LABEL=MODEL[@GRAIN], one per column")
     parser.add_argument("--size", type=int, default=512, help="long side, pixels")
-    parser.add_argument("--grain", type=float, default=4, help="grain, levels of 255")
     args = parser.parse_args()
-    rows = [row(*spec.split(":", 1), args.size, args.grain) for spec in args.rows]
-    width, caption = max(img.width for cells in rows for img, _ in cells), 18
-    heights = [max(img.height for img, _ in cells) + caption for cells in rows]
-    sheet = Image.new("RGB", (3 * width, sum(heights)), "white")
-    draw = ImageDraw.Draw(sheet)
-    for r, cells in enumerate(rows):
-        top = sum(heights[:r])
-        for c, (img, label) in enumerate(cells):
-            draw.text((c * width + 4, top + 3), label, fill="black")
-            sheet.paste(img, (c * width, top + caption))
-    sheet.save(args.out, quality=85)
+    models = [parse_model(spec) for spec in args.model]
+    sheet([cells(photo, models, args.size) for photo in args.photos]).save(args.out, quality=85)
     print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
     try:
         main()
-    except StyleTransferError as e:  # a bad folder, model or photo: one line, no traceback
+    except StyleTransferError as e:  # a bad model, photo or option: one line, no traceback
         raise SystemExit(f"error: {e}") from None
