@@ -21,6 +21,7 @@ from rich.table import Table
 
 from .config import TrainConfig
 from .errors import StyleTransferError, TrainingDiverged, TrainingInterrupted, one_line_warning
+from .grain import STYLISE_GRAIN
 
 __all__ = ["app", "main"]
 
@@ -132,10 +133,9 @@ PreserveColor = Annotated[bool, typer.Option(
 StrokeScale = Annotated[float, typer.Option(
     help="Brush strokes this many times as big (0.5 to 3) at the same output size: the network runs on the "
     "image scaled by 1/S. Below 1 costs 1/S² the time and memory.")]  # fmt: skip
-Grain = Annotated[Optional[float], typer.Option(
-    help="Noise added to the photo the network sees, 0 to 32 (standard deviation in 8-bit steps), so flat "
-    "regions such as a clipped sky get strokes too. \\[default: the level the model was trained with; "
-    "0 for models trained without]", show_default=False)]  # fmt: skip
+Grain = Annotated[float, typer.Option(
+    help="Noise added to the photo the network sees, 0 to 32 (standard deviation in 8-bit steps; 0: none), so "
+    "flat regions such as a clipped sky get strokes instead of a blotch of one colour.")]  # fmt: skip
 
 
 @app.command()
@@ -160,7 +160,7 @@ def stylize(
     strength: Strength = 1.0,
     preserve_color: PreserveColor = False,
     stroke_scale: StrokeScale = 1.0,
-    grain: Grain = None,
+    grain: Grain = STYLISE_GRAIN,
     format_name: Annotated[
         Optional[str], typer.Option("--format", help="Image type for -o -: png, jpg or webp. \\[default: png]")
     ] = None,
@@ -262,8 +262,6 @@ def _print_records(results: list, model: dict, stylizer, controls, max_size: int
             "style": stylizer.style, "norm": stylizer.norm, "size": f"{r.size[0]}x{r.size[1]}" if r.ok else None,
             "seconds": round(r.seconds, 4) if r.ok else None, **controls.as_dict(), "max_size": max_size, "error": r.error,
         }  # fmt: skip
-        if controls.grain is None:  # the level actually added: the model's own
-            record["grain"] = stylizer.grain
         print(json.dumps(record), flush=True)
 
 
@@ -303,7 +301,7 @@ def compare(
     strength: Strength = 1.0,
     preserve_color: PreserveColor = False,
     stroke_scale: StrokeScale = 1.0,
-    grain: Grain = None,
+    grain: Grain = STYLISE_GRAIN,
     checkpoints: Annotated[Optional[Path], typer.Option(help=CHECKPOINTS_HELP, show_default=False)] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
@@ -503,7 +501,7 @@ def evaluate(
     ] = None,
     device: Annotated[str, typer.Option(help="auto (CUDA if available), cpu, cuda or cuda:N.")] = "auto",
     precision: Annotated[str, typer.Option(help="Precision of the models: auto, fp32, bf16 or fp16 (CUDA).")] = "auto",
-    grain: Grain = None,
+    grain: Grain = STYLISE_GRAIN,
 ) -> None:
     """Score stylisation quality on held-out photos, one table row per model or folder.
 

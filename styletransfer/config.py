@@ -16,9 +16,7 @@ from .grain import GRAIN_MAX
 from .loss import CONTENT_LAYER, STYLE_LAYERS, VGG_LAYERS, LossWeights
 from .norms import NORMS, norm_spec
 
-__all__ = ["GRAIN_DEFAULT", "TrainConfig", "option_name"]
-
-GRAIN_DEFAULT = 0.0  # 8-bit steps
+__all__ = ["TrainConfig", "option_name"]
 
 
 def setting(default=MISSING, help: str = "", **cli) -> field:
@@ -53,10 +51,10 @@ class TrainConfig:
     content_weight: float = setting(LossWeights.content, "Weight of the content loss (VGG features).", minimum=0)
     style_weight: float = setting(LossWeights.style, "Weight of the style loss (Gram matrices).", minimum=0)
     tv_weight: float = setting(LossWeights.tv, "Weight of the total-variation loss (smoothness).", minimum=0)
-    # What the network sees: each photo plus fresh noise, so flat regions get strokes (styletransfer.grain).
-    grain: float = setting(GRAIN_DEFAULT, "Grain added to each training photo: the standard deviation of Gaussian noise, in "
-                           "8-bit steps (0: none). Stylising adds the same level by default.",
-                           minimum=0, maximum=GRAIN_MAX)  # fmt: skip
+    # What the network sees: each photo plus fresh noise (styletransfer.grain; the content target stays clean).
+    grain: float = setting(0.0, "Grain added to each training photo: the standard deviation of Gaussian noise, in "
+                           "8-bit steps (0: none). The network learns to remove it, so it does not prevent "
+                           "blotches; stylise's --grain does.", minimum=0, maximum=GRAIN_MAX)  # fmt: skip
     vgg: str = setting("vgg16", "Loss network: vgg16 (Johnson et al.) or vgg19.", choices=tuple(VGG_LAYERS))
     vgg_weights: str | None = setting(
         None, "Local VGG weights file (torchvision state dict, full or features.* only), for offline use. "

@@ -13,7 +13,7 @@ web demo all build one and hand it to :func:`apply_controls`, which wraps the ne
 3. **strength** a in [0, 1]: ``a * stylised + (1 - a) * photo``, see :func:`blend`.
 
 **Grain** (noise the network sees, :mod:`styletransfer.grain`) is added by the stylizer itself,
-at the network's input size, since its default is the model's own level.
+to the network's input (after the stroke scale's resize), so that tiles get the whole image's grain.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import StyleTransferError
-from .grain import check_grain
+from .grain import STYLISE_GRAIN, check_grain
 
 __all__ = [
     "Controls", "RGB_FROM_YIQ", "STROKE_SCALE_MAX", "STROKE_SCALE_MIN", "YIQ_FROM_RGB", "apply_controls", "blend",
@@ -56,7 +56,7 @@ class Controls:
     ``preserve_color``: keep the photo's colours, take only the luminance of the stylisation.
     ``stroke_scale``: :data:`STROKE_SCALE_MIN` to :data:`STROKE_SCALE_MAX`; 2 gives strokes twice as wide.
     ``grain``: 0 to :data:`~styletransfer.grain.GRAIN_MAX` 8-bit steps of noise added to the photo
-    the network sees; None (the default) is the level the model was trained with.
+    the network sees (:func:`~styletransfer.grain.add_grain`).
     Raises StyleTransferError, one line naming the option, for a value that is not a finite
     number in range (or not a bool, for ``preserve_color``).
     """
@@ -64,7 +64,7 @@ class Controls:
     strength: float = 1.0
     preserve_color: bool = False
     stroke_scale: float = 1.0
-    grain: float | None = None
+    grain: float = STYLISE_GRAIN
 
     def __post_init__(self) -> None:
         _check_in_range("--strength", self.strength, 0.0, 1.0)
@@ -73,8 +73,7 @@ class Controls:
         _check_in_range("--stroke-scale", self.stroke_scale, STROKE_SCALE_MIN, STROKE_SCALE_MAX)
         object.__setattr__(self, "strength", float(self.strength))
         object.__setattr__(self, "stroke_scale", float(self.stroke_scale))
-        if self.grain is not None:
-            object.__setattr__(self, "grain", check_grain(self.grain))
+        object.__setattr__(self, "grain", check_grain(self.grain))
 
     @property
     def plain(self) -> bool:
@@ -125,9 +124,7 @@ class Controlled:
     def stylize_tensor(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1] to (B, 3, H, W) float32 in [0, 1], on the stylizer's device."""
         photo = images.to(getattr(self.stylizer, "device", "cpu"))
-        network = self.stylizer.stylize_tensor
-        if self.controls.grain is not None:
-            network = partial(network, grain=self.controls.grain)
+        network = partial(self.stylizer.stylize_tensor, grain=self.controls.grain)
         return apply_controls(network, photo, self.controls)
 
 

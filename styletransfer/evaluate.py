@@ -37,7 +37,7 @@ from PIL import Image
 from .data import MIN_STYLE_SIDE, image_to_tensor, load_image, load_style_image, tensor_to_image
 from .devices import pick_device
 from .errors import StyleTransferError
-from .grain import check_grain
+from .grain import STYLISE_GRAIN, check_grain
 from .loss import (
     RANDOM_WEIGHTS,
     LossWeights,
@@ -356,10 +356,10 @@ def load_photo(photo: Photo, size: int) -> Image.Image:
 
 
 def stylised(
-    row: Row, photo: Photo, image: Image.Image, device: torch.device, grain: float | None = None
+    row: Row, photo: Photo, image: Image.Image, device: torch.device, grain: float = STYLISE_GRAIN
 ) -> tuple[torch.Tensor, float | None]:
     """The row's stylisation of ``image`` as (1, 3, H, W) in [0, 1], 8-bit, and the seconds it took;
-    ``grain``: the level models add (None: each model's own)."""
+    ``grain``: the level models add (8-bit steps)."""
     if row.stylizer is None:
         return quantise(image_to_tensor(read_output(row.outputs[photo.key], image.size))[None].to(device)), None
     x = image_to_tensor(image)[None]
@@ -385,11 +385,11 @@ def evaluate(
     size: int = DEFAULT_SIZE,
     grid_photos: int = 0,
     on_step: Callable[[], None] | None = None,
-    grain: float | None = None,
+    grain: float = STYLISE_GRAIN,
 ) -> Evaluation:
     """Score every row on every photo (long side at most ``size`` px); the photos are the outer loop,
     so each photo is read and its features computed once. ``on_step`` is called after each pair.
-    ``grain``: the grain level the models add (None: each model's own, :mod:`styletransfer.grain`).
+    ``grain``: the grain level the models add (8-bit steps, :mod:`styletransfer.grain`).
     The first ``grid_photos`` photos and their stylisations are kept for :func:`grid_image`.
     """
     for row in rows:  # problems with a style image or a VGG show up before any work
@@ -416,7 +416,7 @@ def evaluate(
     settings = {"size": size, "style_size": scorer.style_size, "metric_vgg": METRIC_VGG,
                 "content_distance_layer": CONTENT_DISTANCE_LAYER, "style_distance_layers": list(STYLE_DISTANCE_LAYERS),
                 "vgg_weights": describe_vgg_weights(scorer.vgg_weights), "device": str(scorer.device),
-                "grain": "each model's own" if grain is None else grain}  # fmt: skip
+                "grain": grain}  # fmt: skip
     return Evaluation(rows, photos, scores, settings, grid)
 
 
@@ -450,15 +450,14 @@ def run(
     precision: str = "auto",
     grid: Path | None = None,
     console=None,
-    grain: float | None = None,
+    grain: float = STYLISE_GRAIN,
 ) -> Evaluation:
     """Everything ``styletransfer evaluate`` does but printing: check the inputs, score, write the grid.
 
     Raises StyleTransferError (one line) for any bad input.
     """
     check_options(models, outputs, size, style_size, limit, grid, style)
-    if grain is not None:
-        check_grain(grain)
+    check_grain(grain)
     photos = find_photos(photos_dir, limit)
     rows = model_rows(models, checkpoints, style, device, precision)
     folders, missing = folder_rows(outputs, photos, style, rows)

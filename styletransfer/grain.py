@@ -3,20 +3,22 @@
 A convolutional network maps a uniform region wider than its receptive field (~110 px for
 TransformerNet) to one uniform colour: clipped skies and dark backgrounds come out as blotches
 without strokes (docs/results.md, "Blotches"). A little noise gives the network something to
-paint there, as the noise inputs of Ulyanov et al. 2016 ("Texture Networks") do. A model trained
-with grain (``train --grain``) is stylised with the same level by default (stored in its
-checkpoint as ``grain``).
+paint there, as the noise inputs of Ulyanov et al. 2016 ("Texture Networks") do. Stylising adds
+:data:`STYLISE_GRAIN` by default (``--grain`` to choose, 0 for none).
 
 Levels are the noise's standard deviation in 8-bit steps (1/255 of the [0, 1] range); the
 grainy image is clipped back to [0, 1], as a photo's values are.
 
 Two kinds of noise, for two purposes:
 
-* training (:func:`training_grain`): fresh noise per step, a pure function of (seed, step) like
-  the batches, so the network cannot learn one pattern;
 * stylising (:func:`add_grain`): a fixed pattern, a pure function of each pixel's position in the
   image (a hash, not a random stream), so tiles of a huge image get exactly the grain the whole
-  image would and the frames of a video share one pattern (no flicker from the grain).
+  image would, the frames of a video share one pattern (no flicker from the grain), and a photo
+  always gives the same result;
+* training (:func:`training_grain`, ``train --grain``): fresh noise per step, a pure function of
+  (seed, step) like the batches. Measured, it does not help against blotches: with the content
+  loss taken against the clean photo, the network learns to remove the grain, flat regions
+  included (docs/results.md, "Blotches").
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ import torch
 
 from .errors import StyleTransferError
 
-__all__ = ["GRAIN_MAX", "add_grain", "check_grain", "grain_field", "model_grain", "training_grain"]
+__all__ = ["GRAIN_MAX", "STYLISE_GRAIN", "add_grain", "check_grain", "grain_field", "training_grain"]
 
 GRAIN_MAX = 32.0  # 8-bit steps; beyond this the grain itself shows through the strokes
+STYLISE_GRAIN = 4.0  # 8-bit steps added when stylising: removes most blotches, costs little (docs/results.md)
 
 _CACHED_PIXELS = 1920 * 1080  # fields up to a full-HD frame are kept (4 of them: at most 100 MB)
 _MASK = 0xFFFFFFFF
@@ -44,12 +47,6 @@ def check_grain(level, option: str = "--grain") -> float:
     if not 0 <= level <= GRAIN_MAX:
         raise StyleTransferError(f"{option} must be between 0 and {GRAIN_MAX:g} (8-bit steps), not {level:g}")
     return float(level)
-
-
-def model_grain(meta: dict) -> float:
-    """The grain level a model was trained with, from its checkpoint metadata (0: none, or a model
-    from before grain): the level stylising adds by default."""
-    return float(meta.get("grain", 0.0))
 
 
 def _hash32(x: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ from .checkpoint import FORMAT, META_KEY, atomic_write, load_checkpoint, model_l
 from .controls import Controls, apply_controls
 from .data import image_to_tensor, tensor_to_image
 from .errors import StyleTransferError, one_line
-from .grain import add_grain, model_grain
+from .grain import STYLISE_GRAIN, add_grain
 from .norms import norm_label
 from .tiling import parse_tile
 
@@ -217,24 +217,19 @@ class OnnxStylizer:
     def label(self) -> str:
         return model_label({**self.meta, "style": self.style})
 
-    @property
-    def grain(self) -> float:
-        """The grain level (8-bit steps) the model was trained with: what stylising adds by default."""
-        return model_grain(self.meta)
-
-    def stylize_tensor(self, images: torch.Tensor, grain: float | None = None) -> torch.Tensor:
+    def stylize_tensor(self, images: torch.Tensor, grain: float = STYLISE_GRAIN) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1] to stylised (B, 3, H, W) float32 in [0, 1] on the CPU, any H and W;
         ``grain`` as in :meth:`Stylizer.stylize_tensor <styletransfer.stylize.Stylizer.stylize_tensor>`."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise StyleTransferError(f"expected images of shape (B, 3, H, W), not {tuple(images.shape)}")
-        x = add_grain(images.detach().to("cpu", torch.float32), self.grain if grain is None else grain)
+        x = add_grain(images.detach().to("cpu", torch.float32), grain)
         x = x.contiguous().numpy()
         (y,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: x})
         return torch.from_numpy(y)
 
     def stylize(
         self, image: Image.Image, strength: float = 1.0, preserve_color: bool = False, stroke_scale: float = 1.0,
-        tile: str | int = "auto", tile_progress=None, grain: float | None = None,
+        tile: str | int = "auto", tile_progress=None, grain: float = STYLISE_GRAIN,
     ) -> Image.Image:  # fmt: skip
         """An RGB image in, its stylisation (same size) out, under the controls of
         :class:`~styletransfer.controls.Controls`, as :meth:`Stylizer.stylize <styletransfer.stylize.Stylizer.stylize>`;

@@ -17,7 +17,7 @@ from .controls import Controlled, Controls, apply_controls
 from .data import IMAGE_SUFFIXES, find_images, image_to_tensor, load_image, tensor_to_image
 from .devices import autocast, is_out_of_memory, pick_device, release_memory, resolve_precision
 from .errors import OutOfMemory, StyleTransferError, cannot_write
-from .grain import add_grain, model_grain
+from .grain import STYLISE_GRAIN, add_grain
 from .streams import is_stdio, read_stdin_image, write_stdout_image
 from .tiling import ProgressCallback, stylize_image_in_tiles, tile_side
 from .video import VIDEO_SUFFIXES, check_video_output, find_videos, is_video, stylize_video, video_output_suffix
@@ -73,22 +73,17 @@ class Stylizer:
         """E.g. "IEBN · starry night"."""
         return model_label({**self.meta, "style": self.style})
 
-    @property
-    def grain(self) -> float:
-        """The grain level (8-bit steps) the model was trained with: what stylising adds by default."""
-        return model_grain(self.meta)
-
     @torch.inference_mode()
-    def stylize_tensor(self, images: torch.Tensor, grain: float | None = None) -> torch.Tensor:
+    def stylize_tensor(self, images: torch.Tensor, grain: float = STYLISE_GRAIN) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1] to stylised (B, 3, H, W) in [0, 1] (float32), any H and W >= 1.
 
-        ``grain``: the level of :func:`~styletransfer.grain.add_grain` the network sees (None: the
-        model's own, :attr:`grain`). Raises :class:`~styletransfer.errors.OutOfMemory` (a
+        ``grain``: the level of :func:`~styletransfer.grain.add_grain` the network sees, 8-bit
+        steps (0: none). Raises :class:`~styletransfer.errors.OutOfMemory` (a
         StyleTransferError) when the device runs out of memory; the memory is released, so
         smaller images still work.
         """
         with self._memory_is_an_error(images.shape):
-            x = add_grain(images.to(self.device), self.grain if grain is None else grain)
+            x = add_grain(images.to(self.device), grain)
             x = x.contiguous(memory_format=torch.channels_last)
             with autocast(self.device, self.dtype):
                 y = self.network(x)
@@ -102,11 +97,11 @@ class Stylizer:
         stroke_scale: float = 1.0,
         tile: str | int = "auto",
         tile_progress: ProgressCallback | None = None,
-        grain: float | None = None,
+        grain: float = STYLISE_GRAIN,
     ) -> Image.Image:
         """An RGB image in, its stylisation (same size) out, under the controls of
         :class:`~styletransfer.controls.Controls` (``strength`` 0 to 1, ``preserve_color``,
-        ``stroke_scale``, ``grain``: None for the model's own); the defaults give the network's plain output. ``tile``: ``auto`` (tiles
+        ``stroke_scale``, ``grain``); the defaults give the network's output for the photo with grain. ``tile``: ``auto`` (tiles
         when the image is over the memory budget), ``off``, or a tile side in pixels (see
         :mod:`styletransfer.tiling`; ``tile_progress`` is its callback).
 
@@ -120,7 +115,7 @@ class Stylizer:
         tile_progress: ProgressCallback | None = None,
     ) -> Image.Image:  # fmt: skip
         """As :meth:`stylize`, with the controls already checked in one :class:`Controls`."""
-        grain = self.grain if controls.grain is None else controls.grain
+        grain = controls.grain
         with self._memory_is_an_error((1, 3, image.height, image.width)):
             # A tiled image under plain controls stays in 8 bits, never a float copy, so huge images fit.
             if controls.plain and (side := tile_side(tile, image.height, image.width, self.device)):

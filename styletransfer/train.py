@@ -348,7 +348,7 @@ def checkpoint_metadata(cfg: TrainConfig, step: int, recent, log: LossLog) -> di
         "style_credit": cfg.style_credit,
         "step": step,
         "image_size": cfg.image_size,
-        "grain": cfg.grain,  # stylising adds this level by default (styletransfer.grain)
+        "grain": cfg.grain,  # the training photos' grain, 8-bit steps
         "vgg": vgg_description(cfg),
         "losses": losses,
         "history": log.history(),

@@ -80,7 +80,7 @@ def test_controls_refuse_bad_values_in_one_line(values, option):
 def test_controls_accept_their_whole_range_and_are_frozen():
     for c in (Controls(0, True, STROKE_SCALE_MIN), Controls(1, False, STROKE_SCALE_MAX), Controls(0.25)):
         assert isinstance(c.strength, float) and isinstance(c.stroke_scale, float)
-    assert Controls(0.5, True, 2).as_dict() == {"strength": 0.5, "preserve_color": True, "stroke_scale": 2.0, "grain": None}
+    assert Controls(0.5, True, 2).as_dict() == {"strength": 0.5, "preserve_color": True, "stroke_scale": 2.0, "grain": 4.0}
     assert Controls(grain=3).grain == 3.0 and isinstance(Controls(grain=0).grain, float)
     assert Controls(grain=7).plain and not Controls(0.5).plain and not Controls(stroke_scale=2).plain
     with pytest.raises(AttributeError):

@@ -11,7 +11,7 @@ from styletransfer.checkpoint import load_checkpoint, save_checkpoint
 from styletransfer.config import TrainConfig
 from styletransfer.controls import Controlled, Controls
 from styletransfer.errors import StyleTransferError
-from styletransfer.grain import add_grain, grain_field, training_grain
+from styletransfer.grain import STYLISE_GRAIN, add_grain, grain_field, training_grain
 from styletransfer.network import TransformerNet
 from styletransfer.stylize import Stylizer
 from styletransfer.tiling import stylize_in_tiles
@@ -68,7 +68,6 @@ def test_training_with_grain_changes_what_is_learned_and_is_recorded(tmp_path, p
     assert plain.meta["grain"] == 0 and grainy.meta["grain"] == 8
     assert grainy.meta["config"]["grain"] == 8
     assert plain.meta["losses"]["total"] != grainy.meta["losses"]["total"]
-    assert Stylizer(grainy.build_model(), grainy.meta).grain == 8
 
 
 def test_runs_from_before_grain_resume_without_it():
@@ -87,15 +86,12 @@ def test_a_grain_out_of_range_is_a_one_line_error(tmp_path, capsys, photos, styl
         Controls(grain=float(value))
 
 
-def grain_stylizer(level: float, norm: str = "in") -> Stylizer:
-    return Stylizer(randomised(norm), {"norm": norm, "grain": level}, "cpu", "fp32")
-
-
-def test_stylising_adds_the_models_own_grain_unless_told_otherwise():
-    stylizer, x = grain_stylizer(6), picture(*SMALL)
+def test_stylising_adds_the_default_grain_unless_told_otherwise():
+    stylizer, x = Stylizer(randomised("in"), {"norm": "in"}, "cpu", "fp32"), picture(*SMALL)
     with torch.inference_mode():
-        expected = stylizer.model(add_grain(x, 6))
+        expected = stylizer.model(add_grain(x, STYLISE_GRAIN))
         plain = stylizer.model(x)
+    assert STYLISE_GRAIN > 0 and Controls().grain == STYLISE_GRAIN
     torch.testing.assert_close(stylizer.stylize_tensor(x), expected)
     torch.testing.assert_close(stylizer.stylize_tensor(x, grain=0), plain)
     # Through the controls, as stylize, compare and video frames take them.
@@ -114,20 +110,20 @@ def test_tiles_get_the_whole_images_grain(norm):
     tiled = stylize_in_tiles(net, x, 64, grain=8)
     assert (tiled - reference).abs().max() < 1e-4
     img = Image.fromarray((x[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
-    stylizer = Stylizer(net, {"norm": norm, "grain": 8.0}, "cpu", "fp32")
-    whole, in_tiles = stylizer.stylize(img, tile="off"), stylizer.stylize(img, tile=32)
+    stylizer = Stylizer(net, {"norm": norm}, "cpu", "fp32")
+    whole, in_tiles = stylizer.stylize(img, tile="off", grain=8), stylizer.stylize(img, tile=32, grain=8)
     assert np.abs(np.asarray(whole, dtype=int) - np.asarray(in_tiles, dtype=int)).max() <= 1
 
 
 def test_cli_grain_option(tmp_path, capsys):
     torch.manual_seed(0)
-    ckpt = save_checkpoint(tmp_path / "grainy.safetensors", TransformerNet("in"), {"norm": "in", "grain": 16.0})
+    ckpt = save_checkpoint(tmp_path / "in.safetensors", TransformerNet("in"), {"norm": "in"})
     photo = tmp_path / "photo.png"
     Image.fromarray((picture(*SMALL)[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(photo)
-    for name, extra in (("own", ()), ("none", ("--grain", "0"))):
+    for name, extra in (("default", ()), ("none", ("--grain", "0"))):
         assert run_cli("stylize", photo, "-m", ckpt, "-o", tmp_path / f"{name}.png", "--precision", "fp32", *extra) == 0
-    own, none = (np.asarray(Image.open(tmp_path / f"{n}.png"), dtype=int) for n in ("own", "none"))
-    assert np.abs(own - none).max() > 0
+    default, none = (np.asarray(Image.open(tmp_path / f"{n}.png"), dtype=int) for n in ("default", "none"))
+    assert np.abs(default - none).max() > 0
     capsys.readouterr()
     assert run_cli("stylize", photo, "-m", ckpt, "-o", tmp_path / "bad.png", "--grain", "40") == 1
     err = capsys.readouterr().err.strip()
@@ -139,9 +135,10 @@ def test_evaluate_scores_the_grain_asked_for(trained_runs, photos):
     from styletransfer.evaluate import run
 
     ckpt = str(trained_runs["in"] / "checkpoint.safetensors")
-    plain, grainy = (run(photos, [ckpt], [], size=64, limit=2, vgg_weights="random", device="cpu", grain=g) for g in (None, 16))
-    assert plain.settings["grain"] == "each model's own" and grainy.settings["grain"] == 16
-    label = plain.rows[0].label
-    assert plain.scores[(label, "photo0.png")]["content_distance"] != grainy.scores[(label, "photo0.png")]["content_distance"]
+    default, grainy = (run(photos, [ckpt], [], size=64, limit=2, vgg_weights="random", device="cpu", **g)
+                       for g in ({}, {"grain": 16}))  # fmt: skip
+    assert default.settings["grain"] == STYLISE_GRAIN and grainy.settings["grain"] == 16
+    label = default.rows[0].label
+    assert default.scores[(label, "photo0.png")]["content_distance"] != grainy.scores[(label, "photo0.png")]["content_distance"]
     with pytest.raises(StyleTransferError, match="--grain"):
         run(photos, [ckpt], [], size=64, vgg_weights="random", device="cpu", grain=99)

@@ -75,7 +75,7 @@ def test_json_prints_one_record_per_output_and_keeps_messages_on_stderr(model, p
         assert Image.open(r["output"]).size == (width, 32)
         assert r["model"] == r["model_path"] == str(model) and (r["style"], r["norm"]) == ("stripes", "in")
         assert r["seconds"] > 0 and r["max_size"] == 1024
-        assert (r["strength"], r["preserve_color"], r["stroke_scale"], r["grain"]) == (1.0, True, 1.5, 0.0)
+        assert (r["strength"], r["preserve_color"], r["stroke_scale"], r["grain"]) == (1.0, True, 1.5, 4.0)
     assert "broken.jpg" in proc.stderr and "wrote 2 image(s)" in proc.stderr and "Traceback" not in proc.stderr
 
 
