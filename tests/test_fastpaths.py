@@ -36,7 +36,7 @@ def trained_like(norm):
 def test_bf16_stylisation_is_within_35_db_of_fp32(norm):
     x = torch.rand(1, 3, 64, 80)
     reference = trained_like(norm)(x)
-    fast = Stylizer(trained_like(norm), {"norm": norm}, "cpu", "bf16").stylize_tensor(x)
+    fast = Stylizer(trained_like(norm), {"norm": norm}, "cpu", "bf16").stylize_tensor(x, grain=0)  # the network alone
     assert fast.shape == reference.shape
     assert psnr(fast, reference) > 35
 
