@@ -501,7 +501,9 @@ def evaluate(
     ] = None,
     device: Annotated[str, typer.Option(help="auto (CUDA if available), cpu, cuda or cuda:N.")] = "auto",
     precision: Annotated[str, typer.Option(help="Precision of the models: auto, fp32, bf16 or fp16 (CUDA).")] = "auto",
-    grain: Grain = STYLISE_GRAIN,
+    grain: Annotated[float, typer.Option(
+        help="Noise the models add to each photo, as stylize's --grain (0 to 32; 0: none). --outputs folders are "
+        "scored as they are.")] = STYLISE_GRAIN,  # fmt: skip
 ) -> None:
     """Score stylisation quality on held-out photos, one table row per model or folder.
 

@@ -87,8 +87,9 @@ _cached_field = functools.lru_cache(maxsize=4)(_field)
 def add_grain(images: torch.Tensor, level: float, top: int = 0, left: int = 0) -> torch.Tensor:
     """``images`` (B, 3, h, w) float in [0, 1], the region at (``top``, ``left``) of a larger image
     (0, 0: the whole image), plus the fixed grain of that region at ``level`` 8-bit steps,
-    clipped to [0, 1]; the same pattern for every image of the batch. Level 0 returns ``images``."""
-    if level == 0:
+    clipped to [0, 1]; the same pattern for every image of the batch. Level 0 returns ``images``.
+    Raises StyleTransferError for a level that is not a number from 0 to :data:`GRAIN_MAX`."""
+    if check_grain(level, "grain") == 0:
         return images
     noise = grain_field(images.shape[-2], images.shape[-1], top, left).to(images.device, images.dtype)
     return (images + noise * (level / 255)).clamp_(0, 1)

@@ -84,6 +84,8 @@ def test_a_grain_out_of_range_is_a_one_line_error(tmp_path, capsys, photos, styl
     assert not (tmp_path / "run").exists()
     with pytest.raises(StyleTransferError, match="--grain"):
         Controls(grain=float(value))
+    with pytest.raises(StyleTransferError, match="grain"):  # the Python API checks it too
+        Stylizer(TransformerNet("in"), {"norm": "in"}, "cpu", "fp32").stylize_tensor(torch.rand(1, 3, 16, 16), float(value))
 
 
 def test_stylising_adds_the_default_grain_unless_told_otherwise():
