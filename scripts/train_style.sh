@@ -6,9 +6,10 @@
 #
 #   scripts/train_style.sh STYLE_IMAGE NAME "CREDIT" [more styletransfer train options]
 #
-# The shipped models (styletransfer/checkpoints) were made with the defaults below, on the CPU,
-# from the paintings in styles/, with EXPORT=styletransfer/checkpoints and
-#   CONTENT_DIR=../shared/assets/content STYLETRANSFER_VGG_WEIGHTS=../shared/assets/vgg/vgg19-imagenet-features.pth
+# The shipped models (styletransfer/checkpoints) were made with the defaults below (ITERATIONS=3000
+# for composition_vii), on the CPU, from the paintings in styles/, with EXPORT=styletransfer/checkpoints,
+#   STYLETRANSFER_VGG_WEIGHTS=../shared/assets/vgg/vgg19-imagenet-features.pth and CONTENT_DIR=../shared/assets/content
+# (composition_vii and shipwreck: a folder of its 428 photos outside bsds500/val and bsds500/test).
 set -euo pipefail
 style_image=$1 name=$2 credit=$3
 shift 3
