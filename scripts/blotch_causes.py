@@ -49,7 +49,10 @@ def photo_at(path: Path, long_side: int) -> torch.Tensor:
 
 
 def with_grain(x: torch.Tensor, levels: float) -> torch.Tensor:
-    """``x`` in [0, 1] plus seeded Gaussian grain of ``levels`` (of 255) standard deviation, clipped."""
+    """``x`` in [0, 1] plus seeded Gaussian grain of ``levels`` (of 255) standard deviation, clipped.
+
+    Fresh noise per photo (the numbers in docs/results.md were measured with it); stylising uses
+    :func:`styletransfer.grain.add_grain`, the same distribution as a fixed pattern by position."""
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0)) * levels / 255
     return (x + noise).clamp(0, 1)
 

@@ -112,7 +112,6 @@ class TrainConfig:
         values = {k: v for k, v in saved.items() if k in known}
         if "style_layers" in values:
             values["style_layers"] = tuple(values["style_layers"])
-        values.setdefault("grain", 0.0)  # runs from before grain trained without it
         return cls(**values)
 
     def resumed_with(self, given: dict) -> TrainConfig:
@@ -153,16 +152,16 @@ def _check_value(f, value) -> None:
         return
     if "choices" in rules and value not in rules["choices"]:
         raise StyleTransferError(f"{option} {value!r} is not one of: {', '.join(rules['choices'])}")
-    if "minimum" in rules or rules.get("positive"):
-        _check_number(option, value, rules.get("minimum"), rules.get("positive", False))
-    if "maximum" in rules and value > rules["maximum"]:
-        raise StyleTransferError(f"{option} must be at most {rules['maximum']:g}, not {value:g}")
+    if "minimum" in rules or "maximum" in rules or rules.get("positive"):
+        _check_number(option, value, rules.get("minimum"), rules.get("positive", False), rules.get("maximum"))
 
 
-def _check_number(option: str, value, minimum: float | None, positive: bool) -> None:
+def _check_number(option: str, value, minimum: float | None, positive: bool, maximum: float | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise StyleTransferError(f"{option} must be a finite number, not {value!r}")
     if positive and not value > 0:
         raise StyleTransferError(f"{option} must be positive, not {value:g}")
     if minimum is not None and value < minimum:
         raise StyleTransferError(f"{option} must be at least {minimum}, not {value:g}")
+    if maximum is not None and value > maximum:
+        raise StyleTransferError(f"{option} must be at most {maximum:g}, not {value:g}")

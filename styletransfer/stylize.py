@@ -101,8 +101,9 @@ class Stylizer:
     ) -> Image.Image:
         """An RGB image in, its stylisation (same size) out, under the controls of
         :class:`~styletransfer.controls.Controls` (``strength`` 0 to 1, ``preserve_color``,
-        ``stroke_scale``, ``grain``); the defaults give the network's output for the photo with grain. ``tile``: ``auto`` (tiles
-        when the image is over the memory budget), ``off``, or a tile side in pixels (see
+        ``stroke_scale``, ``grain``); the defaults give the network's output for the photo with its
+        default grain. ``tile``: ``auto`` (tiles when the image is over the memory budget), ``off``,
+        or a tile side in pixels (see
         :mod:`styletransfer.tiling`; ``tile_progress`` is its callback).
 
         Raises StyleTransferError (one line naming the option) for a control out of range, and
@@ -115,13 +116,12 @@ class Stylizer:
         tile_progress: ProgressCallback | None = None,
     ) -> Image.Image:  # fmt: skip
         """As :meth:`stylize`, with the controls already checked in one :class:`Controls`."""
-        grain = controls.grain
         with self._memory_is_an_error((1, 3, image.height, image.width)):
             # A tiled image under plain controls stays in 8 bits, never a float copy, so huge images fit.
             if controls.plain and (side := tile_side(tile, image.height, image.width, self.device)):
-                return stylize_image_in_tiles(self.model, image, side, self.dtype, tile_progress, grain)
+                return stylize_image_in_tiles(self.model, image, side, self.dtype, tile_progress, controls.grain)
             photo = image_to_tensor(image)[None].to(self.device)
-            network = partial(self._network_pass, tile=tile, tile_progress=tile_progress, grain=grain)
+            network = partial(self._network_pass, tile=tile, tile_progress=tile_progress, grain=controls.grain)
             return tensor_to_image(apply_controls(network, photo, controls)[0])
 
     def _network_pass(self, x: torch.Tensor, tile, tile_progress, grain: float) -> torch.Tensor:
