@@ -34,7 +34,7 @@ from PIL import Image
 from styletransfer.controls import YIQ_FROM_RGB
 from styletransfer.data import find_images, image_to_tensor, load_image, scaled_size
 from styletransfer.errors import StyleTransferError
-from styletransfer.metrics import BLOTCH_DETAIL, BLOTCH_WINDOW, fine_detail, mean_and_stderr
+from styletransfer.metrics import BLOTCH_DETAIL, blotch_window, fine_detail, mean_and_stderr
 from styletransfer.models import SHIPPED_MODELS
 from styletransfer.stylize import Stylizer
 
@@ -55,11 +55,6 @@ def with_grain(x: torch.Tensor, levels: float) -> torch.Tensor:
     :func:`styletransfer.grain.add_grain`, the same distribution as a fixed pattern by position."""
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0)) * levels / 255
     return (x + noise).clamp(0, 1)
-
-
-def scaled_window(long_side: int) -> int:
-    """The blotch window for an image of this long side: 31 pixels at 512, odd, at least 3."""
-    return max(3, round(BLOTCH_WINDOW * long_side / 512) | 1)
 
 
 def percent(values: list[float]) -> str:
@@ -88,10 +83,10 @@ def median_luminance(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> str:
 def measure(stylizer: Stylizer, photos: list[Path]) -> dict[str, str]:
     row, at_512 = {}, []
     for size in SCALES:
-        window, areas = scaled_window(size), []
+        window, areas = blotch_window(size), []
         for path in photos:
             x = photo_at(path, size)
-            y = stylizer.stylize_tensor(x)
+            y = stylizer.stylize_tensor(x, grain=0)  # the network alone: no grain unless asked below
             blotch = fine_detail(y, window) < BLOTCH_DETAIL
             areas.append(blotch.float().mean().item())
             if size == 512:
@@ -107,7 +102,7 @@ def measure(stylizer: Stylizer, photos: list[Path]) -> dict[str, str]:
     for sigma in GRAIN:
         areas = []
         for x, *_ in at_512:
-            y = stylizer.stylize_tensor(with_grain(x, sigma))
+            y = stylizer.stylize_tensor(with_grain(x, sigma), grain=0)
             areas.append((fine_detail(y) < BLOTCH_DETAIL).float().mean().item())
         row[f"grain {sigma}/255"] = percent(areas)
     return row

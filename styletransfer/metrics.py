@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from .loss import gram_matrix
 
 __all__ = [
-    "BLOTCH_DETAIL", "BLOTCH_WINDOW", "CONTENT_DISTANCE_LAYER", "METRIC_VGG", "STYLE_DISTANCE_LAYERS", "blotch_area",
+    "BLOTCH_DETAIL", "BLOTCH_WINDOW", "CONTENT_DISTANCE_LAYER", "METRIC_VGG", "STYLE_DISTANCE_LAYERS", "blotch_area", "blotch_window",
     "content_distance", "fine_detail", "mean_and_stderr", "quantise",
     "relative_error", "style_distance",
 ]  # fmt: skip
@@ -25,6 +25,7 @@ STYLE_DISTANCE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 # RMS below BLOTCH_DETAIL (on a 0-1 scale) over a whole BLOTCH_WINDOW-pixel square.
 BLOTCH_WINDOW = 31
 BLOTCH_DETAIL = 0.01
+BLOTCH_WINDOW_AT = 512  # the long side (pixels) at which the window is BLOTCH_WINDOW
 
 
 def relative_error(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -111,3 +112,9 @@ def blotch_area(images: torch.Tensor, window: int = BLOTCH_WINDOW, detail: float
     compare images of one size. Raises ValueError for an even or non-positive ``window``.
     """
     return (fine_detail(images, window) < detail).float().mean((1, 2, 3))
+
+
+def blotch_window(long_side: int) -> int:
+    """The blotch window for an image of ``long_side`` pixels: BLOTCH_WINDOW (31) at 512, scaled
+    with the image so the same part of a photo is judged at every size; odd, at least 3."""
+    return max(3, round(BLOTCH_WINDOW * long_side / BLOTCH_WINDOW_AT) | 1)

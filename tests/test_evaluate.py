@@ -313,3 +313,20 @@ def test_blotch_area_counts_patches_without_strokes():
     assert areas[3] == pytest.approx((64 - 16) / 128, abs=0.01)
     with pytest.raises(ValueError, match="odd"):
         blotch_area(noise, window=30)
+
+
+def test_the_blotch_window_scales_with_the_picture():
+    from styletransfer.metrics import BLOTCH_WINDOW, blotch_area, blotch_window
+
+    assert blotch_window(512) == BLOTCH_WINDOW == 31 and blotch_window(1024) == 63
+    for n in range(1, 3000, 7):  # odd, at least 3, and within 1.5 px of proportional
+        w = blotch_window(n)
+        assert w % 2 == 1 and w >= 3 and (w == 3 or abs(w - 31 * n / 512) <= 1.5)
+    # One blotch, the same part of the picture at two sizes, gets the same area with the scaled window.
+    torch.manual_seed(0)
+    small = torch.rand(1, 3, 256, 256)
+    small[..., 64:192, 64:192] = 0.5
+    large = torch.nn.functional.interpolate(small, scale_factor=2, mode="nearest")
+    large[..., 128:384, 128:384] = 0.5
+    at_256, at_512 = blotch_area(small, blotch_window(256)).item(), blotch_area(large, blotch_window(512)).item()
+    assert at_256 == pytest.approx(at_512, abs=0.02) and at_256 > 0.1
