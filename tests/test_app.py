@@ -17,8 +17,6 @@ import pytest
 import torch
 from PIL import Image
 
-from styletransfer.checkpoint import save_checkpoint
-from styletransfer.network import TransformerNet
 from styletransfer.norms import NORMS, norm_label
 from styletransfer import demo as demo_app
 from .conftest import make_photo, write_checkpoint

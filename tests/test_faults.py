@@ -16,7 +16,6 @@ from pathlib import Path
 
 import gradio as gr
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image

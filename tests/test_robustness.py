@@ -34,11 +34,10 @@ from safetensors.torch import save_file
 
 from styletransfer import demo as demo_app
 from styletransfer import data as data_module
-from styletransfer.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from styletransfer.checkpoint import load_checkpoint, read_metadata
 from styletransfer.data import MAX_PIXELS, ContentImages, load_image
-from styletransfer.errors import StyleTransferError, TrainingDiverged
+from styletransfer.errors import StyleTransferError
 from styletransfer.loss import PerceptualLoss, load_vgg_features
-from styletransfer.network import TransformerNet
 from styletransfer.stylize import Stylizer
 from styletransfer.config import TrainConfig
 from styletransfer.runs import LossLog, read_log

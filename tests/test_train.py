@@ -6,7 +6,6 @@ import sys
 import time
 
 import pytest
-import torch
 
 from styletransfer.checkpoint import load_checkpoint
 from styletransfer.errors import StyleTransferError
