@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from styletransfer.devices import autocast, resolve_precision
-from styletransfer.loss import PerceptualLoss, gram_matrix, load_vgg_features, relative_mse, total_variation
 from styletransfer.grain import STYLISE_GRAIN, add_grain
+from styletransfer.loss import PerceptualLoss, gram_matrix, load_vgg_features, relative_mse, total_variation
 from styletransfer.models import SHIPPED_MODELS
 from styletransfer.network import TransformerNet
 from styletransfer.norms import IEBN2d

@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from PIL import Image
+
 from styletransfer.data import find_images, image_to_tensor, load_image, resize_long_side
 from styletransfer.errors import StyleTransferError
 from styletransfer.grain import STYLISE_GRAIN, check_grain
@@ -24,15 +26,16 @@ from styletransfer.stylize import Stylizer
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def blotch_percent(stylizer: Stylizer, photo: Path, size: int, grain: float) -> float:
-    """The blotch area (%) of ``photo`` stylised at ``size`` px on the long side, as saved (8-bit)."""
-    picture = stylizer.stylize(resize_long_side(load_image(photo), size), grain=grain)
-    return 100 * blotch_area(image_to_tensor(picture)[None], blotch_window(size)).item()
+def percent(picture: Image.Image) -> float:
+    """The blotch area (%) of an 8-bit picture, its window scaled with the picture's long side."""
+    return 100 * blotch_area(image_to_tensor(picture)[None], blotch_window(max(picture.size))).item()
 
 
-def photo_percent(photo: Path, size: int) -> float:
-    """The blotch area (%) of the photo itself at ``size``: its own flat parts (a clear sky), for comparison."""
-    return 100 * blotch_area(image_to_tensor(resize_long_side(load_image(photo), size))[None], blotch_window(size)).item()
+def blotch_percent(stylizer: Stylizer | None, photo: Path, size: int, grain: float) -> float:
+    """The blotch area (%) of ``photo`` at ``size`` px on the long side, stylised as saved (8-bit),
+    or, without a stylizer, of the photo itself: its own flat parts (a clear sky), for comparison."""
+    picture = resize_long_side(load_image(photo), size)
+    return percent(stylizer.stylize(picture, grain=grain) if stylizer else picture)
 
 
 def markdown(header: list[str], rows: list[list[str]]) -> str:
@@ -54,7 +57,7 @@ def main() -> None:
         raise StyleTransferError(f"nothing to measure: {len(photos)} photo(s), {len(models)} model(s) in {args.models}")
     header = ["model", "step"] + [f"{p.stem} @{s}" for s in args.sizes for p in photos] + ["largest"]
     cells = [(p, s) for s in args.sizes for p in photos]
-    photo_row = [photo_percent(p, s) for p, s in cells]
+    photo_row = [blotch_percent(None, p, s, args.grain) for p, s in cells]
     rows = [["the photo itself", "-"] + [f"{v:.1f}" for v in photo_row] + [f"{max(photo_row):.1f}"]]
     for model in models:
         stylizer = Stylizer.from_checkpoint(model.path)
