@@ -6,8 +6,10 @@ without strokes (docs/results.md, "Blotches"). A little noise gives the network 
 paint there, as the noise inputs of Ulyanov et al. 2016 ("Texture Networks") do. Stylising adds
 :data:`STYLISE_GRAIN` by default (``--grain`` to choose, 0 for none).
 
-Levels are the noise's standard deviation in 8-bit steps (1/255 of the [0, 1] range); the
-grainy image is clipped back to [0, 1], as a photo's values are.
+Levels are the noise's standard deviation in 8-bit steps (1/255 of the [0, 1] range). The
+stylising grain is not clipped back to [0, 1]: clipping would take away half of it at black and
+white, and near-black regions are where the remaining blotches sit (docs/results.md, "The grid
+photos at 512 and 1024 px"); the network takes the few values outside [0, 1] as they are.
 
 Two kinds of noise, for two purposes:
 
@@ -86,13 +88,14 @@ _cached_field = functools.lru_cache(maxsize=4)(_field)
 
 def add_grain(images: torch.Tensor, level: float, top: int = 0, left: int = 0) -> torch.Tensor:
     """``images`` (B, 3, h, w) float in [0, 1], the region at (``top``, ``left``) of a larger image
-    (0, 0: the whole image), plus the fixed grain of that region at ``level`` 8-bit steps,
-    clipped to [0, 1]; the same pattern for every image of the batch. Level 0 returns ``images``.
+    (0, 0: the whole image), plus the fixed grain of that region at ``level`` 8-bit steps, not
+    clipped (values may leave [0, 1] by up to 4.9 ``level`` / 255); the same pattern for every
+    image of the batch. Level 0 returns ``images``.
     Raises StyleTransferError for a level that is not a number from 0 to :data:`GRAIN_MAX`."""
     if check_grain(level, "grain") == 0:
         return images
     noise = grain_field(images.shape[-2], images.shape[-1], top, left).to(images.device, images.dtype)
-    return (images + noise * (level / 255)).clamp_(0, 1)
+    return images + noise * (level / 255)
 
 
 def training_grain(content: torch.Tensor, level: float, seed: int, step: int, first: int = 0) -> torch.Tensor:
