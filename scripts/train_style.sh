@@ -9,10 +9,10 @@
 #
 #   scripts/train_style.sh STYLE_IMAGE NAME "CREDIT" [more styletransfer train options]
 #
-# The shipped models (styletransfer/checkpoints) were made with the defaults below (ITERATIONS=3000
-# for starry_night, composition_vii and shipwreck), on the CPU, from the paintings in styles/, with EXPORT=styletransfer/checkpoints,
-#   STYLETRANSFER_VGG_WEIGHTS=../shared/assets/vgg/vgg19-imagenet-features.pth and CONTENT_DIR=../shared/assets/content
-# (starry_night, composition_vii and shipwreck: a folder of its 428 photos outside bsds500/val and bsds500/test).
+# The shipped models (styletransfer/checkpoints) were made with the defaults below and ITERATIONS=3000,
+# on the CPU, from the paintings in styles/, with EXPORT=styletransfer/checkpoints,
+#   STYLETRANSFER_VGG_WEIGHTS=../shared/assets/vgg/vgg19-imagenet-features.pth and CONTENT_DIR a folder of
+#   the 428 photos of ../shared/assets/content outside bsds500/val and bsds500/test.
 set -euo pipefail
 style_image=$1 name=$2 credit=$3
 shift 3
