@@ -18,7 +18,7 @@ from PIL import Image
 
 from styletransfer.data import find_images, image_to_tensor, load_image, resize_long_side
 from styletransfer.errors import StyleTransferError
-from styletransfer.grain import STYLISE_GRAIN, check_grain
+from styletransfer.grain import FLAT_GRAIN_FACTOR, STYLISE_GRAIN, check_grain
 from styletransfer.metrics import blotch_area, blotch_window
 from styletransfer.models import SHIPPED_MODELS, scan_folder
 from styletransfer.stylize import Stylizer
@@ -64,7 +64,8 @@ def main() -> None:
         values = [blotch_percent(stylizer, p, s, args.grain) for p, s in cells]
         rows.append([model.name, str(model.meta.get("step"))] + [f"{v:.1f}" for v in values] + [f"**{max(values):.1f}**"])
         print(f"{model.name} done", flush=True)
-    print(f"blotch area, % of the picture; grain {args.grain:g}; {len(skipped)} file(s) skipped")
+    print(f"blotch area, % of the picture; grain {args.grain:g} ({FLAT_GRAIN_FACTOR:g} times that where the photo is flat); "
+          f"{len(skipped)} file(s) skipped")
     print(markdown(header, rows))
 
 

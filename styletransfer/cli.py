@@ -135,7 +135,8 @@ StrokeScale = Annotated[float, typer.Option(
     "image scaled by 1/S. Below 1 costs 1/S² the time and memory.")]  # fmt: skip
 Grain = Annotated[float, typer.Option(
     help="Noise added to the photo the network sees, 0 to 32 (standard deviation in 8-bit steps; 0: none), so "
-    "flat regions such as a clipped sky get strokes instead of a blotch of one colour.")]  # fmt: skip
+    "flat regions such as a clipped sky get strokes instead of a blotch of one colour. Flat regions get 4 times "
+    "this (at most 32), textured ones this.")]  # fmt: skip
 
 
 @app.command()

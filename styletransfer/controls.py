@@ -56,7 +56,7 @@ class Controls:
     ``preserve_color``: keep the photo's colours, take only the luminance of the stylisation.
     ``stroke_scale``: :data:`STROKE_SCALE_MIN` to :data:`STROKE_SCALE_MAX`; 2 gives strokes twice as wide.
     ``grain``: 0 to :data:`~styletransfer.grain.GRAIN_MAX` 8-bit steps of noise added to the photo
-    the network sees (:func:`~styletransfer.grain.add_grain`).
+    the network sees where it is textured, more where it is flat (:func:`~styletransfer.grain.add_grain`).
     Raises StyleTransferError, one line naming the option, for a value that is not a finite
     number in range (or not a bool, for ``preserve_color``).
     """

@@ -14,7 +14,7 @@ from .loss import gram_matrix
 
 __all__ = [
     "BLOTCH_DETAIL", "BLOTCH_WINDOW", "CONTENT_DISTANCE_LAYER", "METRIC_VGG", "STYLE_DISTANCE_LAYERS", "blotch_area", "blotch_window",
-    "content_distance", "fine_detail", "mean_and_stderr", "quantise",
+    "box_mean", "content_distance", "fine_detail", "mean_and_stderr", "quantise",
     "relative_error", "style_distance",
 ]  # fmt: skip
 
@@ -97,8 +97,16 @@ def fine_detail(images: torch.Tensor, window: int = BLOTCH_WINDOW) -> torch.Tens
         raise ValueError(f"window must be an odd number of pixels, not {window}")
     r, g, b = images.float().unbind(1)
     luminance = (0.299 * r + 0.587 * g + 0.114 * b).unsqueeze(1)  # ITU-R BT.601 luma
-    fine = luminance - F.avg_pool2d(luminance, 5, 1, 2, count_include_pad=False)
-    return F.avg_pool2d(fine.pow(2), window, 1, window // 2, count_include_pad=False).sqrt()
+    fine = luminance - box_mean(luminance, 5)
+    return box_mean(fine.pow(2), window).sqrt()
+
+
+def box_mean(images: torch.Tensor, window: int) -> torch.Tensor:
+    """The mean of (B, C, H, W) ``images`` over the ``window`` x ``window`` square (odd, pixels)
+    around each pixel, the part inside the image only; same shape. Separable (a column pass,
+    then a row pass), so the cost grows with the window's side, not its area."""
+    columns = F.avg_pool2d(images, (window, 1), 1, (window // 2, 0), count_include_pad=False)
+    return F.avg_pool2d(columns, (1, window), 1, (0, window // 2), count_include_pad=False)
 
 
 def blotch_area(images: torch.Tensor, window: int = BLOTCH_WINDOW, detail: float = BLOTCH_DETAIL) -> torch.Tensor:

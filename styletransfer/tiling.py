@@ -49,7 +49,7 @@ from torch import nn
 
 from .devices import autocast
 from .errors import StyleTransferError
-from .grain import add_grain
+from .grain import FLAT_CONTEXT, add_grain
 from .instance_ops import instance_moments
 from .norms import InstanceStatistics
 
@@ -197,10 +197,15 @@ def _read_region(images: torch.Tensor, tile: Tile, parameter: torch.Tensor, grai
     dtype of the model's ``parameter``; with the whole image's ``grain`` (8-bit steps) at its place."""
     top, bottom, left, right = tile.region
     height, width = images.shape[-2:]
-    crop = images[:, :, top:min(bottom, height), left:min(right, width)].to(parameter.device)
+    bottom_in, right_in = min(bottom, height), min(right, width)
+    # The grain's strength follows the photo's flatness, which looks FLAT_CONTEXT pixels further.
+    above, before = min(top, FLAT_CONTEXT), min(left, FLAT_CONTEXT)
+    crop = images[:, :, top - above:min(bottom_in + FLAT_CONTEXT, height),
+                  left - before:min(right_in + FLAT_CONTEXT, width)].to(parameter.device)  # fmt: skip
     crop = crop.float().div_(255) if crop.dtype == torch.uint8 else crop.float()
-    crop = add_grain(crop, grain, top, left).to(parameter.dtype)
-    pad_h, pad_w = bottom - min(bottom, height), right - min(right, width)
+    crop = add_grain(crop, grain, top - above, left - before)
+    crop = crop[:, :, above:above + bottom_in - top, before:before + right_in - left].to(parameter.dtype)
+    pad_h, pad_w = bottom - bottom_in, right - right_in
     if pad_h or pad_w:  # the padded image's border, as TransformerNet pads it
         crop = F.pad(crop, (0, pad_w, 0, pad_h), mode=padded_size(height, width)[2])
     return crop.contiguous(memory_format=torch.channels_last)

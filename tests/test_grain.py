@@ -11,7 +11,9 @@ from styletransfer.checkpoint import load_checkpoint, save_checkpoint
 from styletransfer.config import TrainConfig
 from styletransfer.controls import Controlled, Controls
 from styletransfer.errors import StyleTransferError
-from styletransfer.grain import STYLISE_GRAIN, add_grain, grain_field, training_grain
+from styletransfer.grain import (
+    FLAT_CONTEXT, FLAT_GRAIN_FACTOR, GRAIN_MAX, STYLISE_GRAIN, add_grain, flatness, grain_field, grain_levels, training_grain,
+)
 from styletransfer.network import TransformerNet
 from styletransfer.stylize import Stylizer
 from styletransfer.tiling import stylize_in_tiles
@@ -35,15 +37,51 @@ def test_the_stylising_grain_is_standard_normal_and_uncorrelated():
     assert abs(right.item()) < 0.01 and abs(down.item()) < 0.01
 
 
+def half_flat(height: int = 128, width: int = 256, value: float = 0.5) -> torch.Tensor:
+    """(1, 3, H, W): the left half plain ``value``, the right half random texture (seeded)."""
+    image = torch.full((1, 3, height, width), value)
+    image[..., width // 2 :] = torch.rand(1, 3, height, width - width // 2, generator=torch.Generator().manual_seed(0))
+    return image
+
+
+def test_flatness_is_one_on_a_plain_region_and_zero_on_texture():
+    flat = flatness(half_flat())
+    assert flat.shape == (1, 1, 128, 256)
+    assert flat[..., : 128 - FLAT_CONTEXT].min() == 1 and flat[..., 128 + FLAT_CONTEXT :].max() == 0
+    assert flatness(torch.zeros(1, 3, 8, 8)).min() == 1  # smaller than the window: still defined
+    # A smooth gradient has no fine detail: a sky or a blurred background counts as flat.
+    ramp = torch.linspace(0, 1, 200).expand(1, 3, 100, 200)
+    assert flatness(ramp).min() == 1
+
+
+def test_flatness_looks_no_further_than_its_context():
+    image = half_flat()
+    top, left, height, width = 40, 100, 30, 60
+    window = image[..., top - FLAT_CONTEXT : top + height + FLAT_CONTEXT, left - FLAT_CONTEXT : left + width + FLAT_CONTEXT]
+    inner = flatness(window)[..., FLAT_CONTEXT : FLAT_CONTEXT + height, FLAT_CONTEXT : FLAT_CONTEXT + width]
+    torch.testing.assert_close(inner, flatness(image)[..., top : top + height, left : left + width], atol=1e-6, rtol=0)
+
+
+def test_grain_is_stronger_where_the_photo_is_flat():
+    levels = grain_levels(half_flat(), 4)
+    assert levels[..., :100].min() == levels[..., :100].max() == 4 * FLAT_GRAIN_FACTOR
+    assert levels[..., 160:].min() == levels[..., 160:].max() == 4
+    assert grain_levels(half_flat(), GRAIN_MAX).max() == GRAIN_MAX  # never beyond the maximum
+    assert grain_levels(half_flat(), 0).max() == 0
+
+
 def test_add_grain_is_unclipped_noise_of_the_level_asked_for():
-    gray = torch.full((2, 3, 128, 128), 0.5)
-    grainy = add_grain(gray, 4)
-    assert add_grain(gray, 0) is gray
-    assert abs((grainy - gray).std().item() * 255 - 4) < 0.1
-    assert torch.equal(grainy[0], grainy[1])  # one pattern for every image (video frames)
-    # Not clipped: black and white get all of the grain, not the half inside [0, 1].
+    image = half_flat()
+    grainy = add_grain(image, 4)
+    assert add_grain(image, 0) is image
+    noise = (grainy - image) * 255
+    assert abs(noise[..., 160:].std().item() - 4) < 0.15  # textured: the level itself
+    assert abs(noise[..., :100].std().item() - 4 * FLAT_GRAIN_FACTOR) < 0.5  # flat: stronger
+    batch = add_grain(image.expand(2, -1, -1, -1), 4)
+    assert torch.equal(batch[0], batch[1])  # one pattern for every image (video frames)
+    # Not clipped: black gets all of the grain, not the half inside [0, 1].
     black = add_grain(torch.zeros(1, 3, 64, 64), 8)
-    assert abs(black.mean().item()) < 0.002 and abs(black.std().item() * 255 - 8) < 0.3
+    assert abs(black.mean().item()) < 0.01 and abs(black.std().item() * 255 - 8 * FLAT_GRAIN_FACTOR) < 1
 
 
 def test_training_grain_is_a_pure_function_of_seed_step_and_place_in_the_batch():
@@ -108,6 +146,7 @@ def test_stylising_adds_the_default_grain_unless_told_otherwise():
 @pytest.mark.parametrize("norm", ["bn", "iebn"])
 def test_tiles_get_the_whole_images_grain(norm):
     net, x = randomised(norm), picture()
+    x[..., 20:70, 30:90] = torch.rand(1, 3, 50, 60, generator=torch.Generator().manual_seed(1))  # texture beside flat
     with torch.inference_mode():
         reference = net(add_grain(x, 8))
     tiled = stylize_in_tiles(net, x, 64, grain=8)
@@ -116,6 +155,19 @@ def test_tiles_get_the_whole_images_grain(norm):
     stylizer = Stylizer(net, {"norm": norm}, "cpu", "fp32")
     whole, in_tiles = stylizer.stylize(img, tile="off", grain=8), stylizer.stylize(img, tile=32, grain=8)
     assert np.abs(np.asarray(whole, dtype=int) - np.asarray(in_tiles, dtype=int)).max() <= 1
+
+
+def test_each_tile_gets_the_grain_the_whole_image_gets_there():
+    # A pointwise model and the least halo: the tiled output is the grained input itself, so a tile's
+    # flatness seen without the context beyond its edges would show at the cuts.
+    identity = torch.nn.Conv2d(3, 3, 1).eval()
+    with torch.no_grad():
+        identity.weight.copy_(torch.eye(3).view(3, 3, 1, 1))
+        identity.bias.zero_()
+    x = picture()
+    x[..., 20:70, 30:90] = torch.rand(1, 3, 50, 60, generator=torch.Generator().manual_seed(1))
+    tiled = stylize_in_tiles(identity, x, 16, halo=16, grain=8)
+    torch.testing.assert_close(tiled, add_grain(x, 8), atol=1e-6, rtol=0)
 
 
 def test_cli_grain_option(tmp_path, capsys):
