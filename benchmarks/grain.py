@@ -6,6 +6,8 @@ everywhere, and the network alone, timed in one run on the same images.
 
 Prints, per size, the median milliseconds of each and the flatness's share of the network's
 time. The noise pattern itself is made once per size and cached, as stylising a folder does.
+Run it on an otherwise idle machine: the grain's few milliseconds are easily swamped by another
+process's load, and the share then means nothing.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .config import TrainConfig
-from .errors import StyleTransferError, TrainingDiverged, TrainingInterrupted, one_line_warning
+from .errors import StyleTransferError, TrainingDiverged, TrainingInterrupted, one_line, one_line_warning
 from .grain import STYLISE_GRAIN
 
 __all__ = ["app", "main"]
@@ -40,10 +40,12 @@ CHECKPOINTS_HELP = ("Folder searched for model names before the shipped models. 
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: every StyleTransferError becomes one line on stderr and exit code 1."""
+    """Entry point: every StyleTransferError becomes one line on stderr and exit code 1, a
+    command line that does not parse (an unknown option, a value of the wrong type) one line and
+    exit code 2."""
     previous_format, warnings.formatwarning = warnings.formatwarning, one_line_warning
     try:
-        app(args=argv, prog_name="styletransfer")
+        _run_app(argv)
     except TrainingInterrupted as e:
         if _process_rank() == 0:  # all processes stop together; the main one reports
             err.print(f"[yellow]stopped:[/yellow] {e}", highlight=False, soft_wrap=True)
@@ -59,6 +61,22 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     finally:
         warnings.formatwarning = previous_format
+
+
+def _run_app(argv: list[str] | None) -> None:
+    """The command line run; one that does not parse (typer's usage errors) is one line, exit code 2."""
+    try:
+        code = app(args=argv, prog_name="styletransfer", standalone_mode=False)
+    except typer.TyperException as e:
+        if type(e).__name__ != "NoArgsIsHelpError":  # that one has shown the help already
+            ctx = getattr(e, "ctx", None)
+            where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+            err.print(f"[red]error:[/red] {one_line(e.format_message())}{where}", highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        raise KeyboardInterrupt from None  # reported as an interrupt, as Ctrl-C anywhere else
+    if code:  # --help and the like return their exit code
+        sys.exit(code)
 
 
 def _process_rank() -> int:

@@ -146,6 +146,29 @@ def test_list_and_export(trained_runs, tmp_path, capsys):
     assert run_cli("list", tmp_path / "empty") == 1
 
 
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["stylize", "IMG", "-m", "MODEL", "--grain", "abc"], "Invalid value for '--grain'"),
+        (["stylize", "IMG", "-m", "MODEL", "--bogus"], "No such option: --bogus"),
+        (["stylize"], "Missing argument"),
+        (["bogus"], "No such command 'bogus'"),
+    ],
+)
+def test_a_command_line_that_does_not_parse_is_one_line(model, tmp_path, capsys, args, message):
+    subst = {"MODEL": model, "IMG": make_photo(tmp_path / "p.png")}
+    out = tmp_path / "out.png"
+    assert run_cli(*[subst.get(a, a) for a in args], "-o", out) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "--help" in err and "Traceback" not in err
+    assert len(err.splitlines()) == 1 and not out.exists()
+
+
+def test_no_command_shows_the_help(capsys):
+    assert run_cli() == 2
+    assert "Usage" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("command", ["train", "stylize", "compare", "plot", "list", "export", "demo"])
 def test_every_command_explains_itself(command, capsys):
     assert run_cli(command, "--help") == 0
