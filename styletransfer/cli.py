@@ -21,7 +21,7 @@ from rich.table import Table
 
 from .config import TrainConfig
 from .errors import StyleTransferError, TrainingDiverged, TrainingInterrupted, one_line, one_line_warning
-from .grain import STYLISE_GRAIN
+from .grain import FLAT_GRAIN_FACTOR, GRAIN_MAX, STYLISE_GRAIN
 
 __all__ = ["app", "main"]
 
@@ -153,8 +153,8 @@ StrokeScale = Annotated[float, typer.Option(
     "image scaled by 1/S. Below 1 costs 1/S² the time and memory.")]  # fmt: skip
 Grain = Annotated[float, typer.Option(
     help="Noise added to the photo the network sees, 0 to 32 (standard deviation in 8-bit steps; 0: none), so "
-    "flat regions such as a clipped sky get strokes instead of a blotch of one colour. Flat regions get 4 times "
-    "this (at most 32), textured ones this.")]  # fmt: skip
+    f"flat regions such as a clipped sky get strokes instead of a blotch of one colour. Flat regions get "
+    f"{FLAT_GRAIN_FACTOR:g} times this (at most {GRAIN_MAX:g}), textured ones this.")]  # fmt: skip
 
 
 @app.command()
