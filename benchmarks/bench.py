@@ -2,7 +2,7 @@
 
     python benchmarks/bench.py --quick            # a few minutes on a 2-core CPU
     python benchmarks/bench.py                    # more repeats, and the bf16-vs-fp32 loss-curve check
-    python benchmarks/bench.py --device cuda      # the same table on a GPU
+    python benchmarks/bench.py --device cuda      # on a GPU: 10x the repeats; no onnxruntime or peer rows
     python benchmarks/bench.py --quick --only train   # one part: train, network or stylize
 
 With the ``bench`` extra (``pip install -e '.[bench]'``) the stylising rows include
@@ -238,10 +238,13 @@ def speeds(rows, label) -> dict[str, float]:
     return {row[1]: row[2] for row in rows if row[0] == label}
 
 
-def print_table(rows):
+def print_header():
     print(f"\n{'benchmark':<22} {'path':<26} {'images/s':>9} {'GFLOP/s':>8} {'ratio':>6} {'peak MiB':>9}")
+
+
+def print_rows(rows):
     for label, name, ips, gflops, ratio, peak in rows:
-        print(f"{label:<22} {name:<26} {ips:>9.2f} {gflops:>8.1f} {ratio:>5.2f}x {peak:>9.0f}")
+        print(f"{label:<22} {name:<26} {ips:>9.2f} {gflops:>8.1f} {ratio:>5.2f}x {peak:>9.0f}", flush=True)
 
 
 def peer_installed() -> bool:
@@ -273,6 +276,12 @@ def shipped_checkpoint(norm):
     return str(found[0]) if found else None
 
 
+def processor_name(device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repeats; skips the loss-curve check")
@@ -282,15 +291,18 @@ def main():
     args = parser.parse_args()
     device = torch.device(args.device)
     rounds, repeats = (1, 2) if args.quick else (3, 3)
-    print(f"torch {torch.__version__} on {device} ({platform.processor() or platform.machine()}, "
+    if device.type == "cuda":
+        repeats *= 10  # a step takes milliseconds on a GPU: more of them for a stable median
+    print(f"torch {torch.__version__} on {device} ({processor_name(device)}, "
           f"{torch.get_num_threads()} threads); fast-path precision: {resolve_precision('auto', device)}")  # fmt: skip
 
-    rows = []
+    print_header()
     parts = {"train": train_rows, "network": network_rows, "stylize": stylize_rows}
     for name, part in parts.items():
         if args.only in (None, name):
+            rows = []
             part(rows, args, device, rounds, repeats)
-    print_table(rows)
+            print_rows(rows)  # each part as it ends: a run cut short still reports the parts it finished
     if not args.quick and args.only is None:
         curve_check(device)
 
@@ -321,7 +333,7 @@ def network_rows(rows, args, device, rounds, repeats):
 def stylize_rows(rows, args, device, rounds, repeats):
     """Stylising one image at 512, 1024 and 2048 px with the shipped checkpoint, every path, and the peer."""
     ckpt = shipped_checkpoint(args.norm)
-    onnx = exported_onnx(ckpt)
+    onnx = exported_onnx(ckpt) if device.type == "cpu" else None  # onnxruntime runs our models on the CPU only
     for size in (512, 1024):
         sty = {"norm": args.norm, "size": size, "device": device, "batch": 1, "checkpoint": ckpt}
         label = f"stylize {size}px"

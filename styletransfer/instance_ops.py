@@ -15,6 +15,10 @@ A contiguous (N, C, H, W) tensor is viewed as (1, N*C, H, W); a channels_last on
 instance at a time, each slice already being one contiguous channels_last image. The two
 autograd functions below keep the big tensors on these kernels in both directions; the small
 (N, C) tensors in between go through ordinary autograd.
+
+That is the CPU's route. On CUDA (and any other device) the same quantities come from plain
+torch ops (``torch.var_mean`` and broadcasting), which are faster there; see
+``NATIVE_KERNEL_DEVICES``.
 """
 
 from __future__ import annotations
@@ -145,8 +149,12 @@ def _memory_format(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format if x.is_contiguous() else torch.channels_last
 
 
-# Devices whose batch-norm kernels take the calls above; elsewhere (e.g. MPS) plain torch ops.
-NATIVE_KERNEL_DEVICES = ("cpu", "cuda")
+# Devices whose batch-norm kernels take the calls above; elsewhere plain torch ops. Not CUDA: there
+# the generic kernels are fast, and on an H200 plain ops made the whole network's forward and
+# backward 1.5-2x faster (fewer, larger kernels: channels_last is sliced an instance at a time
+# above); CUDA's eval-mode batch norm also folds the centring into the shift, which loses fp32
+# digits far from zero mean (benchmarks/instance_ops.py measures both).
+NATIVE_KERNEL_DEVICES = ("cpu",)
 
 
 def use_native_kernels(x: torch.Tensor) -> bool:

@@ -75,7 +75,8 @@ class Stylizer:
 
     @torch.inference_mode()
     def stylize_tensor(self, images: torch.Tensor, grain: float = STYLISE_GRAIN) -> torch.Tensor:
-        """(B, 3, H, W) in [0, 1] to stylised (B, 3, H, W) in [0, 1] (float32), any H and W >= 1.
+        """(B, 3, H, W) in [0, 1] to stylised (B, 3, H, W) in [0, 1] (float32, on the stylizer's
+        device), any H and W >= 1.
 
         ``grain``: the level of :func:`~styletransfer.grain.add_grain` the network sees, 8-bit
         steps (0: none). Raises :class:`~styletransfer.errors.OutOfMemory` (a

@@ -41,6 +41,7 @@ def test_compiling_pays_only_with_many_images_of_one_size(tmp_path):
     bigger = same[:8] + [make_photo(tmp_path / f"big{i}.png", size=(80, 60), seed=i) for i in range(8)]
     assert not worth_compiling(bigger, None) and worth_compiling(bigger, 40)
     assert not worth_compiling([tmp_path / "missing.png"] * 20, None)
+    assert not worth_compiling(same, None, device="cuda")  # measured no faster there
 
 
 def test_a_video_counts_once_per_frame(tmp_path):

@@ -207,8 +207,9 @@ def test_auto_tiles_only_over_the_memory_budget(monkeypatch):
     assert tile_side("auto", HEIGHT, WIDTH, cpu) == 16  # a budget under a tile's halo: the smallest tiles
 
 
-def test_stylizer_tiles_a_picture_with_the_same_result():
-    stylizer = Stylizer(randomised("se"), {"norm": "se"}, "cpu", "fp32")
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_stylizer_tiles_a_picture_with_the_same_result(device):
+    stylizer = Stylizer(randomised("se"), {"norm": "se"}, device, "fp32")
     img = Image.fromarray((picture(*SMALL)[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8))
     calls = []
     tiled = stylizer.stylize(img, tile=SIDE_SMALL, tile_progress=lambda *args: calls.append(args))

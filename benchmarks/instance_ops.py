@@ -1,0 +1,125 @@
+"""Which route per-instance statistics should take on a device: torch's batch-norm kernels or plain ops.
+
+    python benchmarks/instance_ops.py                  # the CPU
+    python benchmarks/instance_ops.py --device cuda    # a GPU; --profile adds the busiest kernels
+
+IN, BN+SE and IEBN need each (instance, channel)'s mean and variance and a per-(instance,
+channel) multiply-add (``styletransfer/instance_ops.py``). They can run on torch's batch-norm
+kernels (the "native" route) or on ``torch.var_mean`` and broadcasting (the "plain" route). For
+each norm, route and memory layout this times forward + backward of the whole transformation
+network (256 px, batch 4, the fast path's precision) in one process, and prints the time per
+step against BN's in the same layout. It also prints the largest error of each route's instance
+norm against torch's float64 one for input far from zero mean (offset 1000), where folding the
+centring into the shift loses fp32 digits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from styletransfer import instance_ops
+from styletransfer.devices import autocast, resolve_precision
+from styletransfer.network import TransformerNet
+from styletransfer.norms import make_norm
+
+ROUTES = {"native": ("cpu", "cuda"), "plain": ()}  # the devices that take the batch-norm kernels
+
+
+def use_route(route: str) -> None:
+    instance_ops.NATIVE_KERNEL_DEVICES = ROUTES[route]
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def step_seconds(norm: str, device: torch.device, channels_last: bool, repeats: int, size=256, batch=4) -> float:
+    """Median seconds of one forward + backward of the network (fast-path precision)."""
+    torch.manual_seed(0)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = TransformerNet(norm).to(device, memory_format=memory_format).train()
+    x = torch.rand(batch, 3, size, size, device=device).contiguous(memory_format=memory_format)
+    dtype = resolve_precision("auto", device)
+
+    def step():
+        with autocast(device, dtype):
+            y = model(x)
+        y.float().mean().backward()
+
+    for _ in range(3):
+        step()
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        step()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def largest_error_far_from_zero(device: torch.device, offset: float = 1000.0) -> float:
+    """Max |IN(x) - torch's float64 IN(x)| for fp32 input around ``offset``."""
+    torch.manual_seed(0)
+    layer = make_norm("in", 4).to(device)
+    with torch.no_grad():
+        layer.weight.normal_()
+        layer.bias.normal_()
+    x = torch.rand(3, 4, 5, 6, device=device) + offset
+    expected = F.instance_norm(x.double(), weight=layer.weight.double(), bias=layer.bias.double(), eps=layer.eps)
+    with torch.no_grad():
+        return (layer(x).double() - expected).abs().max().item()
+
+
+def busiest_kernels(norm: str, device: torch.device, rows: int = 10) -> str:
+    from torch.profiler import ProfilerActivity, profile
+
+    model = TransformerNet(norm).to(device, memory_format=torch.channels_last).train()
+    x = torch.rand(4, 3, 256, 256, device=device).contiguous(memory_format=torch.channels_last)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(3):
+            with autocast(device, resolve_precision("auto", device)):
+                y = model(x)
+            y.float().mean().backward()
+        synchronize(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--repeats", type=int, default=None, help="timed steps per case (default 20 on CUDA, 3 on CPU)")
+    parser.add_argument("--profile", action="store_true", help="also print IEBN's busiest kernels for each route")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    repeats = args.repeats or (20 if device.type == "cuda" else 3)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"torch {torch.__version__} on {device} ({name}); network f+b 256 px, batch 4, "
+          f"{resolve_precision('auto', device)}, median of {repeats}")  # fmt: skip
+    for route in ROUTES:
+        use_route(route)
+        print(f"instance norm, fp32 input around 1000, {route} route: largest error {largest_error_far_from_zero(device):.1e}")
+    for layout, channels_last in (("NCHW", False), ("NHWC", True)):
+        bn = step_seconds("bn", device, channels_last, repeats)
+        print(f"\n{layout}: bn {1000 * bn:.2f} ms per step")
+        for norm in ("in", "se", "iebn"):
+            for route in ROUTES:
+                use_route(route)
+                seconds = step_seconds(norm, device, channels_last, repeats)
+                print(f"{layout}: {norm:<5} {route:<7} {1000 * seconds:8.2f} ms  {seconds / bn:5.2f}x BN", flush=True)
+    if args.profile:
+        for route in ROUTES:
+            use_route(route)
+            print(f"\nIEBN, channels_last, {route} route, three steps:\n{busiest_kernels('iebn', device)}")
+
+
+if __name__ == "__main__":
+    main()
