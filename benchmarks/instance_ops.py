@@ -5,10 +5,12 @@
 
 IN, BN+SE and IEBN need each (instance, channel)'s mean and variance and a per-(instance,
 channel) multiply-add (``styletransfer/instance_ops.py``). They can run on torch's batch-norm
-kernels (the "native" route) or on ``torch.var_mean`` and broadcasting (the "plain" route). For
-each norm, route and memory layout this times forward + backward of the whole transformation
-network (256 px, batch 4, the fast path's precision) in one process, and prints the time per
-step against BN's in the same layout. It also prints the largest error of each route's instance
+kernels (the "native" route) or on ``torch.var_mean`` and broadcasting (the "plain" route); the
+"torch" route is torch's own layers instead of ours (IN as ``nn.InstanceNorm2d``, IEBN as the
+paper's code: BN without affine on cuDNN/oneDNN, then ``* (gamma * gate) + beta``; BN+SE has
+none). For each norm, route and memory layout this times forward + backward of the whole
+transformation network (256 px, batch 4 unless told, the fast path's precision) in one process,
+and prints the time per step against BN's in the same layout. It also prints the largest error of each route's instance
 norm against torch's float64 one for input far from zero mean (offset 1000), where folding the
 centring into the shift loses fp32 digits.
 """
@@ -25,13 +27,25 @@ import torch.nn.functional as F
 from styletransfer import instance_ops
 from styletransfer.devices import autocast, resolve_precision
 from styletransfer.network import TransformerNet
-from styletransfer.norms import make_norm
+from styletransfer.norms import IEBN2d, InstanceNorm2d, make_norm
 
-ROUTES = {"native": ("cpu", "cuda"), "plain": ()}  # the devices that take the batch-norm kernels
+ROUTES = {"native": ("cpu", "cuda"), "plain": (), "torch": ()}  # the devices that take the batch-norm kernels
 
 
 def use_route(route: str) -> None:
     instance_ops.NATIVE_KERNEL_DEVICES = ROUTES[route]
+
+
+def torch_layers(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with IN as torch's ``nn.InstanceNorm2d`` and IEBN as the paper's code."""
+    from bench import ReferenceIEBN  # benchmarks/bench.py, beside this file
+
+    for m in model.modules():
+        if isinstance(m, IEBN2d):
+            m.__class__ = ReferenceIEBN
+        elif isinstance(m, InstanceNorm2d):
+            m.__class__ = torch.nn.InstanceNorm2d
+    return model
 
 
 def synchronize(device: torch.device) -> None:
@@ -39,11 +53,15 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def step_seconds(norm: str, device: torch.device, channels_last: bool, repeats: int, size=256, batch=4) -> float:
+def step_seconds(norm: str, device: torch.device, channels_last: bool, repeats: int, size=256, batch=4,
+                 route="plain") -> float:  # fmt: skip
     """Median seconds of one forward + backward of the network (fast-path precision)."""
     torch.manual_seed(0)
+    use_route(route)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = TransformerNet(norm).to(device, memory_format=memory_format).train()
+    if route == "torch":
+        torch_layers(model)
     x = torch.rand(batch, 3, size, size, device=device).contiguous(memory_format=memory_format)
     dtype = resolve_precision("auto", device)
 
@@ -98,25 +116,25 @@ def main():
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--repeats", type=int, default=None, help="timed steps per case (default 20 on CUDA, 3 on CPU)")
     parser.add_argument("--profile", action="store_true", help="also print IEBN's busiest kernels for each route")
+    parser.add_argument("--batch", type=int, default=4, help="images per step (default 4, the training default)")
     args = parser.parse_args()
     device = torch.device(args.device)
     repeats = args.repeats or (20 if device.type == "cuda" else 3)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"torch {torch.__version__} on {device} ({name}); network f+b 256 px, batch 4, "
+    print(f"torch {torch.__version__} on {device} ({name}); network f+b 256 px, batch {args.batch}, "
           f"{resolve_precision('auto', device)}, median of {repeats}")  # fmt: skip
-    for route in ROUTES:
+    for route in ("native", "plain"):
         use_route(route)
         print(f"instance norm, fp32 input around 1000, {route} route: largest error {largest_error_far_from_zero(device):.1e}")
     for layout, channels_last in (("NCHW", False), ("NHWC", True)):
-        bn = step_seconds("bn", device, channels_last, repeats)
+        bn = step_seconds("bn", device, channels_last, repeats, batch=args.batch)
         print(f"\n{layout}: bn {1000 * bn:.2f} ms per step")
         for norm in ("in", "se", "iebn"):
-            for route in ROUTES:
-                use_route(route)
-                seconds = step_seconds(norm, device, channels_last, repeats)
+            for route in [r for r in ROUTES if not (r == "torch" and norm == "se")]:
+                seconds = step_seconds(norm, device, channels_last, repeats, batch=args.batch, route=route)
                 print(f"{layout}: {norm:<5} {route:<7} {1000 * seconds:8.2f} ms  {seconds / bn:5.2f}x BN", flush=True)
     if args.profile:
-        for route in ROUTES:
+        for route in ("native", "plain"):
             use_route(route)
             print(f"\nIEBN, channels_last, {route} route, three steps:\n{busiest_kernels('iebn', device)}")
 
