@@ -98,12 +98,14 @@ def training_step(norm, size, batch, device, fast, vgg="vgg16", compiled=False):
     return step, batch
 
 
-def network_step(norm, size, batch, device, channels_last=False):
+def network_step(norm, size, batch, device, channels_last=False, compiled=False):
     """The transformation network alone, forward and backward: the cost of the norm layers."""
     torch.manual_seed(0)
     dtype = resolve_precision("auto", device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = TransformerNet(norm).to(device, memory_format=memory_format).train()
+    if compiled:
+        model = torch.compile(model)
     x = torch.rand(batch, 3, size, size, device=device).contiguous(memory_format=memory_format)
 
     def step():
@@ -319,11 +321,13 @@ def train_rows(rows, args, device, rounds, repeats):
 
 
 def network_rows(rows, args, device, rounds, repeats):
-    """Forward + backward of the transformation network per norm: IEBN's cost against BN's."""
+    """Forward + backward of the transformation network per norm, eager and compiled: IEBN's cost
+    against BN's."""
     norms = ("bn", "iebn") if args.quick else ("bn", "iebn", "in", "se")
-    for layout, channels_last in (("NCHW", False), ("NHWC", True)):
-        net = {"size": 256, "channels_last": channels_last, "device": device, "batch": 4}
-        label = f"network f+b 256px {layout}"
+    for label, layout, compiled in (("network f+b 256px", "NCHW", False), ("network f+b 256px", "NHWC", False),
+                                    ("network compiled", "NCHW", True), ("network compiled", "NHWC", True)):  # fmt: skip
+        net = {"size": 256, "channels_last": layout == "NHWC", "device": device, "batch": 4, "compiled": compiled}
+        label = f"{label} {layout}"
         compare(rows, label, [(n, "network", {**net, "norm": n}) for n in norms], 2 * rounds, repeats)
         speed = speeds(rows, label)
         overhead = speed["bn"] / speed["iebn"]  # time per image of IEBN over BN's

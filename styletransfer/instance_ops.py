@@ -163,14 +163,21 @@ def use_native_kernels(x: torch.Tensor) -> bool:
     Exporters get the plain ops: ``torch.onnx.export`` has no ONNX translation for
     ``batch_norm_update_stats`` (nor for the in-place ``out=`` call of :func:`_affine`), and
     its older tracing mode records the functions as opaque Python ops that compute something
-    else. Both checks are flag reads, so eager mode keeps its speed.
+    else. So does a compiled graph with gradients: inductor fuses the plain ops into the
+    backward it generates, and IEBN's forward + backward went from 1.19x BN's time to 1.01x
+    (NCHW; 1.18x to 1.03x channels_last) on a 2-core CPU. A compiled inference graph keeps the
+    kernels, which stylised 1024x1024 about 5 % faster there. All checks are flag reads, so
+    eager mode keeps its speed.
     """
     exporting = _torch_export_running() or torch.jit.is_tracing()
-    return x.device.type in NATIVE_KERNEL_DEVICES and not exporting
+    compiled_training = _torch_compiling() and torch.is_grad_enabled()
+    return x.device.type in NATIVE_KERNEL_DEVICES and not exporting and not compiled_training
 
 
 # torch.export's flag; torch versions without it have no torch.export-based ONNX exporter either.
 _torch_export_running = getattr(torch.compiler, "is_exporting", lambda: False)
+# torch.compile's flag (set while dynamo traces); older versions keep the kernels everywhere.
+_torch_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
 
 
 def instance_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from styletransfer.instance_ops import instance_moments, instance_scale_shift
+from styletransfer.instance_ops import instance_moments, instance_scale_shift, use_native_kernels
 from styletransfer.norms import IEBN2d, SqueezeExcite, make_norm
 from .conftest import iebn_by_formula, randomised_iebn
 
@@ -185,3 +185,14 @@ def test_instance_norm_keeps_torchs_checks():
         layer(torch.randn(2, 4, 1, 1))
     with pytest.raises(ValueError, match="expected input's size at dim=1 to match num_features"):
         layer(torch.randn(2, 5, 3, 3))
+
+
+def test_compiled_graphs_with_gradients_take_plain_ops_and_inference_graphs_the_kernels():
+    """The route is chosen while torch.compile traces: plain ops where gradients flow (inductor
+    fuses them into the backward it generates), the batch-norm kernels for inference graphs."""
+    x = torch.rand(1, 2, 3, 3)
+    native_flag = torch.compile(lambda t: t * 0 + float(use_native_kernels(t)), fullgraph=True)
+    assert use_native_kernels(x)  # eager, on the CPU
+    assert native_flag(x).eq(0).all()  # traced with gradients enabled
+    with torch.inference_mode():
+        assert native_flag(x).eq(1).all()
