@@ -1,6 +1,6 @@
 """Which route per-instance statistics should take on a device: torch's batch-norm kernels or plain ops.
 
-    python benchmarks/instance_ops.py                  # the CPU
+    python benchmarks/instance_ops.py                  # the CPU: about 7 minutes on 2 cores
     python benchmarks/instance_ops.py --device cuda    # a GPU; --profile adds the busiest kernels
 
 IN, BN+SE and IEBN need each (instance, channel)'s mean and variance and a per-(instance,
@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from styletransfer import instance_ops
-from styletransfer.devices import autocast, resolve_precision
+from styletransfer.devices import autocast, pick_device, resolve_precision
+from styletransfer.errors import StyleTransferError
 from styletransfer.network import TransformerNet
 from styletransfer.norms import IEBN2d, InstanceNorm2d, make_norm
 
@@ -111,28 +112,44 @@ def busiest_kernels(norm: str, device: torch.device, rows: int = 10) -> str:
     return prof.key_averages().table(sort_by=key, row_limit=rows)
 
 
+def layout_times(device, channels_last: bool, repeats: int, rounds: int, batch: int) -> dict[tuple[str, str], float]:
+    """Median step seconds of BN and of every (norm, route), interleaved over ``rounds`` so that a
+    noisy machine slows them alike."""
+    cases = [("bn", "plain")] + [(n, r) for n in ("in", "se", "iebn") for r in ROUTES if (n, r) != ("se", "torch")]
+    times: dict[tuple[str, str], list[float]] = {case: [] for case in cases}
+    for _ in range(rounds):
+        for norm, route in cases:
+            times[(norm, route)].append(step_seconds(norm, device, channels_last, repeats, batch=batch, route=route))
+    return {case: statistics.median(t) for case, t in times.items()}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--repeats", type=int, default=None, help="timed steps per case (default 20 on CUDA, 3 on CPU)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed steps per case and round (default 20 on CUDA, 2 on CPU)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds over all cases; each case's time is the median")
     parser.add_argument("--profile", action="store_true", help="also print IEBN's busiest kernels for each route")
     parser.add_argument("--batch", type=int, default=4, help="images per step (default 4, the training default)")
     args = parser.parse_args()
-    device = torch.device(args.device)
-    repeats = args.repeats or (20 if device.type == "cuda" else 3)
+    try:
+        device = pick_device(args.device)
+    except StyleTransferError as e:
+        raise SystemExit(f"error: {e}") from None
+    in_use = "native" if device.type in instance_ops.NATIVE_KERNEL_DEVICES else "plain"
+    repeats = args.repeats if args.repeats is not None else (20 if device.type == "cuda" else 2)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"torch {torch.__version__} on {device} ({name}); network f+b 256 px, batch {args.batch}, "
-          f"{resolve_precision('auto', device)}, median of {repeats}")  # fmt: skip
+          f"{resolve_precision('auto', device)}, median of {args.rounds} rounds of {repeats} steps; "
+          f"the library takes the {in_use} route here")  # fmt: skip
     for route in ("native", "plain"):
         use_route(route)
         print(f"instance norm, fp32 input around 1000, {route} route: largest error {largest_error_far_from_zero(device):.1e}")
     for layout, channels_last in (("NCHW", False), ("NHWC", True)):
-        bn = step_seconds("bn", device, channels_last, repeats, batch=args.batch)
+        times = layout_times(device, channels_last, repeats, args.rounds, args.batch)
+        bn = times.pop(("bn", "plain"))
         print(f"\n{layout}: bn {1000 * bn:.2f} ms per step")
-        for norm in ("in", "se", "iebn"):
-            for route in [r for r in ROUTES if not (r == "torch" and norm == "se")]:
-                seconds = step_seconds(norm, device, channels_last, repeats, batch=args.batch, route=route)
-                print(f"{layout}: {norm:<5} {route:<7} {1000 * seconds:8.2f} ms  {seconds / bn:5.2f}x BN", flush=True)
+        for (norm, route), seconds in times.items():
+            print(f"{layout}: {norm:<5} {route:<7} {1000 * seconds:8.2f} ms  {seconds / bn:5.2f}x BN", flush=True)
     if args.profile:
         for route in ("native", "plain"):
             use_route(route)

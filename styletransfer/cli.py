@@ -234,6 +234,8 @@ def stylize(
     path, stylizer = _open_stylizer(model, checkpoints, device, precision)
     if _should_compile(compile_choice, stylizer, inputs, max_size or None):
         stylizer.compile()
+        err.print("compiling the network: the first picture of each size takes longer (--compile off skips this)",
+                  highlight=False, soft_wrap=True)  # fmt: skip
     progress = video_progress(err)
     try:
         with tile_progress(err) as tiles:

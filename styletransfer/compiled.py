@@ -9,6 +9,7 @@ follow: the frames of a video, a folder of same-sized photos, a long-lived serve
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -36,6 +37,9 @@ def compile_for_inference(model: torch.nn.Module):
     Input and output as the model's: (B, 3, H, W) in [0, 1]. The first call with each new
     shape compiles (seconds); inductor's on-disk cache makes later processes start faster.
     """
+    # Inductor imports torch's C++-extension module, which warns about a CUDA compiler without a
+    # CUDA runtime on GPU-less machines that have one installed: noise for a CPU run.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     return torch.compile(model, dynamic=False, options={"freezing": True})
 
 
