@@ -24,6 +24,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from bench import ReferenceIEBN, processor_name, synchronize  # benchmarks/bench.py, beside this file
 from styletransfer import instance_ops
 from styletransfer.devices import autocast, pick_device, resolve_precision
 from styletransfer.errors import StyleTransferError
@@ -39,19 +40,12 @@ def use_route(route: str) -> None:
 
 def torch_layers(model: torch.nn.Module) -> torch.nn.Module:
     """``model`` with IN as torch's ``nn.InstanceNorm2d`` and IEBN as the paper's code."""
-    from bench import ReferenceIEBN  # benchmarks/bench.py, beside this file
-
     for m in model.modules():
         if isinstance(m, IEBN2d):
             m.__class__ = ReferenceIEBN
         elif isinstance(m, InstanceNorm2d):
             m.__class__ = torch.nn.InstanceNorm2d
     return model
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def step_seconds(norm: str, device: torch.device, channels_last: bool, repeats: int, size=256, batch=4,
@@ -137,8 +131,7 @@ def main():
         raise SystemExit(f"error: {e}") from None
     in_use = "native" if device.type in instance_ops.NATIVE_KERNEL_DEVICES else "plain"
     repeats = args.repeats if args.repeats is not None else (20 if device.type == "cuda" else 2)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"torch {torch.__version__} on {device} ({name}); network f+b 256 px, batch {args.batch}, "
+    print(f"torch {torch.__version__} on {device} ({processor_name(device)}); network f+b 256 px, batch {args.batch}, "
           f"{resolve_precision('auto', device)}, median of {args.rounds} rounds of {repeats} steps; "
           f"the library takes the {in_use} route here")  # fmt: skip
     for route in ("native", "plain"):

@@ -19,6 +19,11 @@ from styletransfer.network import TransformerNet
 from styletransfer.norms import IEBN2d
 
 
+# The devices tests run on where a case can take either: CUDA where a GPU is present. CI has none,
+# so there these are the CPU cases alone.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
 def make_photo(path: Path, size=(80, 60), seed: int = 0) -> Path:
     """A smooth random colour field with some edges: enough structure for VGG to see."""
     rng = np.random.default_rng(seed)

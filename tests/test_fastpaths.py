@@ -15,8 +15,7 @@ from styletransfer.config import TrainConfig
 from styletransfer.runs import read_log
 from styletransfer.train import train
 
-# CUDA cases run where a GPU is present; CI has none, so there these are the CPU cases alone.
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+from .conftest import DEVICES
 
 
 def psnr(a, b):

@@ -6,17 +6,13 @@ import torch.nn.functional as F
 
 from styletransfer.instance_ops import instance_moments, instance_scale_shift, use_native_kernels
 from styletransfer.norms import IEBN2d, SqueezeExcite, make_norm
-from .conftest import iebn_by_formula, randomised_iebn
+from .conftest import DEVICES, iebn_by_formula, randomised_iebn
 
 LAYOUTS = {
     "nchw": lambda x: x.contiguous(),
     "channels_last": lambda x: x.contiguous(memory_format=torch.channels_last),
     "strided": lambda x: x.transpose(2, 3).contiguous().transpose(2, 3),  # neither of the two
 }
-
-
-# The kernels are stricter on CUDA than on the CPU: where a GPU is present, test there too.
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def sample(shape=(3, 4, 5, 6), dtype=torch.float64, layout="nchw", device="cpu"):

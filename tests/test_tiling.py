@@ -18,7 +18,7 @@ from styletransfer import tiling
 from styletransfer.errors import StyleTransferError
 from styletransfer.tiling import parse_tile, per_instance_layers, plan_tiles, stylize_in_tiles, tile_side
 
-from .conftest import run_cli, write_checkpoint
+from .conftest import DEVICES, run_cli, write_checkpoint
 
 HEIGHT, WIDTH, SIDE = 150, 201, 64  # odd sizes: the network pads to 152 x 204; 3 x 4 tiles, halos cut
 SMALL = (58, 91)  # for the tests of everything else: 2 x 3 tiles of SIDE_SMALL
@@ -207,7 +207,7 @@ def test_auto_tiles_only_over_the_memory_budget(monkeypatch):
     assert tile_side("auto", HEIGHT, WIDTH, cpu) == 16  # a budget under a tile's halo: the smallest tiles
 
 
-@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+@pytest.mark.parametrize("device", DEVICES)
 def test_stylizer_tiles_a_picture_with_the_same_result(device):
     stylizer = Stylizer(randomised("se"), {"norm": "se"}, device, "fp32")
     img = Image.fromarray((picture(*SMALL)[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8))
