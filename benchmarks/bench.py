@@ -29,13 +29,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from styletransfer.devices import autocast, resolve_precision
 from styletransfer.grain import STYLISE_GRAIN, add_grain
 from styletransfer.loss import PerceptualLoss, gram_matrix, load_vgg_features, relative_mse, total_variation
 from styletransfer.models import SHIPPED_MODELS
-from styletransfer.network import TransformerNet
+from styletransfer.network import TransformerNet, Upsample
 from styletransfer.norms import IEBN2d
 
 
@@ -49,10 +50,20 @@ class ReferenceIEBN(IEBN2d):
         return x_hat * (self.weight[None, :, None, None] * gate) + self.bias[None, :, None, None]
 
 
-def use_reference_iebn(model):
+class ReferenceUpsample(Upsample):
+    """The decoder's upsampling as pytorch/examples runs it: upsample, pad, conv, one after another."""
+
+    forward = nn.Sequential.forward
+
+
+def use_reference_layers(model):
+    """``model`` with IEBN and the upsampling stages computed as pytorch/examples and the paper's
+    code compute them: the plain baseline."""
     for m in model.modules():
         if isinstance(m, IEBN2d):
             m.__class__ = ReferenceIEBN
+        elif isinstance(m, Upsample):
+            m.__class__ = ReferenceUpsample
     return model
 
 
@@ -76,7 +87,7 @@ def training_step(norm, size, batch, device, fast, vgg="vgg16", compiled=False):
     dtype = resolve_precision("auto" if fast else "fp32", device)
     model = TransformerNet(norm).to(device, memory_format=memory_format).train()
     if not fast:
-        use_reference_iebn(model)
+        use_reference_layers(model)
     style = torch.rand(3, 2 * size, 2 * size, device=device)
     loss_fn = PerceptualLoss(load_vgg_features(vgg, "random"), style, vgg).to(device, memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
@@ -131,7 +142,7 @@ def stylize_step(norm, size, batch, device, fast, checkpoint=None, compiled=Fals
     if compiled:
         stylizer.compile()
     if not fast:
-        stylizer.model.to(memory_format=torch.contiguous_format)
+        use_reference_layers(stylizer.model).to(memory_format=torch.contiguous_format)
     x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
     if fast:
         return (lambda: stylizer.stylize_tensor(x)), batch

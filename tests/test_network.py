@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from styletransfer.network import TransformerNet
+from styletransfer.network import TransformerNet, upsample_conv
 from styletransfer.norms import NORMS, IEBN2d
 
 
@@ -36,3 +36,40 @@ def test_norm_options_reach_the_layers():
     model = TransformerNet("iebn", {"excite": "both", "activation": "tanh"})
     layer = next(m for m in model.modules() if isinstance(m, IEBN2d))
     assert layer.excite == "both" and layer.activation == "tanh"
+
+
+def _upsample_pad_conv(x, conv):
+    """The decoder's upsampling stage step by step, as the paper writes it."""
+    up = torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+    return conv(torch.nn.functional.pad(up, (1, 1, 1, 1), mode="reflect"))
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 3), (7, 12)])
+def test_upsample_conv_is_upsampling_padding_and_conv_in_one(size):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(5, 4, 3).double()
+    x = torch.randn(2, 5, *size, dtype=torch.float64, requires_grad=True)
+    fused = upsample_conv(x, conv.weight, conv.bias)
+    literal = _upsample_pad_conv(x, conv)
+    assert fused.shape == (2, 4, 2 * size[0], 2 * size[1])
+    torch.testing.assert_close(fused, literal, rtol=1e-12, atol=1e-12)
+    # and the gradients training takes through it
+    g = torch.randn_like(fused)
+    fused_grads = torch.autograd.grad(fused, (x, conv.weight, conv.bias), g)
+    literal_grads = torch.autograd.grad(literal, (x, conv.weight, conv.bias), g)
+    for a, b in zip(fused_grads, literal_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_network_equals_its_layers_run_one_by_one(norm):
+    torch.manual_seed(0)
+    model = TransformerNet(norm).double().eval()
+    x = torch.rand(2, 3, 20, 28, dtype=torch.float64)
+    h = model.residuals(model.encoder(x))
+    for stage in model.decoder[:2]:
+        _upsample, (_pad, conv, *norm_relu) = stage
+        h = torch.nn.Sequential(*norm_relu)(_upsample_pad_conv(h, conv))
+    expected = torch.sigmoid(model.decoder[2:](h))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=1e-10, atol=1e-10)
