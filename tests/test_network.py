@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from styletransfer.network import TransformerNet, upsample_conv
+from styletransfer.network import RowSplitConv2d, TransformerNet, upsample_conv
 from styletransfer.norms import NORMS, IEBN2d
 
 
@@ -70,6 +70,24 @@ def test_network_equals_its_layers_run_one_by_one(norm):
     for stage in model.decoder[:2]:
         _upsample, (_pad, conv, *norm_relu) = stage
         h = torch.nn.Sequential(*norm_relu)(_upsample_pad_conv(h, conv))
-    expected = torch.sigmoid(model.decoder[2:](h))
+    pad, last = model.decoder[2:]
+    expected = torch.sigmoid(torch.nn.functional.conv2d(pad(h), last.weight, last.bias))
     with torch.no_grad():
         torch.testing.assert_close(model(x), expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("size", [(9, 9), (10, 17), (23, 12)])
+def test_row_split_conv_is_the_plain_conv(size):
+    torch.manual_seed(0)
+    conv = RowSplitConv2d(6, 3, 9).double()
+    x = torch.randn(2, 6, *size, dtype=torch.float64, requires_grad=True)
+    split = conv(x)
+    plain = torch.nn.functional.conv2d(x, conv.weight, conv.bias)
+    assert split.shape == plain.shape == (2, 3, size[0] - 8, size[1] - 8)
+    torch.testing.assert_close(split, plain, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(plain)
+    for a, b in zip(torch.autograd.grad(split, (x, conv.weight, conv.bias), g),
+                    torch.autograd.grad(plain, (x, conv.weight, conv.bias), g), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # the same parameters as nn.Conv2d's, so checkpoints load unchanged
+    assert conv.state_dict().keys() == torch.nn.Conv2d(6, 3, 9).state_dict().keys()
