@@ -37,7 +37,7 @@ from styletransfer.devices import autocast, resolve_precision
 from styletransfer.grain import STYLISE_GRAIN, add_grain
 from styletransfer.loss import PerceptualLoss, gram_matrix, load_vgg_features, relative_mse, total_variation
 from styletransfer.models import SHIPPED_MODELS
-from styletransfer.network import TransformerNet, Upsample
+from styletransfer.network import RowSplitConv2d, TransformerNet, Upsample
 from styletransfer.norms import IEBN2d
 
 
@@ -58,13 +58,15 @@ class ReferenceUpsample(Upsample):
 
 
 def use_reference_layers(model):
-    """``model`` with IEBN and the upsampling stages computed as pytorch/examples and the paper's
-    code compute them: the plain baseline."""
+    """``model`` with IEBN, the upsampling stages and the last conv computed as pytorch/examples and
+    the paper's code compute them: the plain baseline."""
     for m in model.modules():
         if isinstance(m, IEBN2d):
             m.__class__ = ReferenceIEBN
         elif isinstance(m, Upsample):
             m.__class__ = ReferenceUpsample
+        elif isinstance(m, RowSplitConv2d):
+            m.__class__ = nn.Conv2d
     return model
 
 

@@ -25,16 +25,36 @@ from torch import nn
 
 from .norms import make_norm
 
-__all__ = ["RowSplitConv2d", "TransformerNet", "upsample_conv"]
+__all__ = ["ReflectionPad2d", "RowSplitConv2d", "TransformerNet", "pad_in_own_dtype", "upsample_conv"]
 
 NormLayer = Callable[[int], nn.Module]
+
+
+def pad_in_own_dtype(x: torch.Tensor, padding: tuple[int, ...], mode: str) -> torch.Tensor:
+    """``F.pad(x, padding, mode=mode)`` in x's dtype, also under CPU autocast.
+
+    Padding copies values, exact in any dtype, but CPU autocast lists it among its fp32 ops: a
+    bf16 activation would be written out in fp32 and cast back to bf16 by the next conv, twice
+    the bytes and a copy more around every conv.
+    """
+    if x.device.type != "cpu":
+        return F.pad(x, padding, mode=mode)
+    with torch.autocast("cpu", enabled=False):
+        return F.pad(x, padding, mode=mode)
+
+
+class ReflectionPad2d(nn.ReflectionPad2d):
+    """nn.ReflectionPad2d that keeps its input's dtype under autocast (:func:`pad_in_own_dtype`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pad_in_own_dtype(x, self.padding, "reflect")
 
 
 class ConvNormReLU(nn.Sequential):
     """Reflection pad, conv, norm, and (unless ``relu=False``) ReLU."""
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int, norm_layer: NormLayer, relu: bool = True):
-        layers = [nn.ReflectionPad2d(kernel // 2), nn.Conv2d(cin, cout, kernel, stride), norm_layer(cout)]
+        layers = [ReflectionPad2d(kernel // 2), nn.Conv2d(cin, cout, kernel, stride), norm_layer(cout)]
         if relu:
             layers.append(nn.ReLU(inplace=True))
         super().__init__(*layers)
@@ -74,7 +94,7 @@ def upsample_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     """
     rows = _nearest_taps(weight.transpose(-1, -2)).transpose(-1, -2)  # (Cout, Cin, 4, 3)
     kernel = _nearest_taps(rows)  # (Cout, Cin, 4, 4)
-    padded = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    padded = pad_in_own_dtype(x, (1, 1, 1, 1), "replicate")
     return F.conv_transpose2d(padded, kernel.transpose(0, 1), bias, stride=2, padding=3)
 
 
@@ -147,7 +167,7 @@ class TransformerNet(nn.Module):
         self.decoder = nn.Sequential(
             Upsample(128, 64, norm_layer),
             Upsample(64, 32, norm_layer),
-            nn.ReflectionPad2d(4),
+            ReflectionPad2d(4),
             RowSplitConv2d(32, 3, 9, 1),
         )
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from styletransfer.network import RowSplitConv2d, TransformerNet, upsample_conv
+from styletransfer.network import ReflectionPad2d, RowSplitConv2d, TransformerNet, upsample_conv
 from styletransfer.norms import NORMS, IEBN2d
 
 
@@ -91,3 +91,11 @@ def test_row_split_conv_is_the_plain_conv(size):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     # the same parameters as nn.Conv2d's, so checkpoints load unchanged
     assert conv.state_dict().keys() == torch.nn.Conv2d(6, 3, 9).state_dict().keys()
+
+
+def test_padding_keeps_the_activations_dtype_under_cpu_autocast():
+    x = torch.randn(2, 4, 7, 9).to(torch.bfloat16)
+    with torch.autocast("cpu", torch.bfloat16):
+        padded = ReflectionPad2d(3)(x)
+    assert padded.dtype == torch.bfloat16
+    torch.testing.assert_close(padded, torch.nn.functional.pad(x, (3, 3, 3, 3), mode="reflect"), rtol=0, atol=0)
