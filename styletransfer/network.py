@@ -94,8 +94,15 @@ def upsample_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     """
     rows = _nearest_taps(weight.transpose(-1, -2)).transpose(-1, -2)  # (Cout, Cin, 4, 3)
     kernel = _nearest_taps(rows)  # (Cout, Cin, 4, 4)
-    padded = pad_in_own_dtype(x, (1, 1, 1, 1), "replicate")
-    return F.conv_transpose2d(padded, kernel.transpose(0, 1), bias, stride=2, padding=3)
+    return F.conv_transpose2d(_replicate_border(x), kernel.transpose(0, 1), bias, stride=2, padding=3)
+
+
+def _replicate_border(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with its first and last rows and columns repeated once: F.pad's "replicate" mode of 1,
+    written as concatenations, because torch.compile's backward of replication padding fails on
+    channels_last input (wrong strides in torch 2.14)."""
+    x = torch.cat([x[:, :, :1], x, x[:, :, -1:]], dim=2)
+    return torch.cat([x[:, :, :, :1], x, x[:, :, :, -1:]], dim=3)
 
 
 class Upsample(nn.Sequential):
@@ -125,7 +132,7 @@ class RowSplitConv2d(nn.Conv2d):
     leave most lanes idle (about 75 GFLOP/s against over 400 for wide convs in bf16 on an AMD
     EPYC); the 27 of the row conv run about 2.4x faster, and the summing conv costs a fifth of
     that. Input (B, Cin, H, W); output (B, Cout, H - k + 1, W - k + 1). Weights and state dict as
-    nn.Conv2d's.
+    nn.Conv2d's. Off the CPU it runs as the plain conv.
     """
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1) -> None:
@@ -139,6 +146,8 @@ class RowSplitConv2d(nn.Conv2d):
         self.register_buffer("row_sum", row_sum, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu":  # the lane argument is the CPU's; elsewhere the plain conv
+            return super().forward(x)
         cout, cin, rows, cols = self.weight.shape
         per_row = self.weight.permute(2, 0, 1, 3).reshape(rows * cout, cin, 1, cols)  # (row, cout) pairs
         partial = self._conv_forward(x, per_row, None)

@@ -99,3 +99,18 @@ def test_padding_keeps_the_activations_dtype_under_cpu_autocast():
         padded = ReflectionPad2d(3)(x)
     assert padded.dtype == torch.bfloat16
     torch.testing.assert_close(padded, torch.nn.functional.pad(x, (3, 3, 3, 3), mode="reflect"), rtol=0, atol=0)
+
+
+def test_upsample_conv_compiles_with_gradients_in_channels_last():
+    """torch.compile's backward of F.pad's replication padding fails on channels_last bf16 input;
+    the upsampling stage must not depend on it (it is what a compiled training step runs)."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 4, 3)
+    x = torch.randn(2, 8, 6, 10).to(memory_format=torch.channels_last).requires_grad_()
+
+    def loss(x):
+        with torch.autocast("cpu", torch.bfloat16):
+            return upsample_conv(x, conv.weight, conv.bias).float().square().mean()
+
+    compiled_grad = torch.autograd.grad(torch.compile(loss)(x), x)[0]
+    torch.testing.assert_close(compiled_grad, torch.autograd.grad(loss(x), x)[0], rtol=1e-2, atol=1e-3)
