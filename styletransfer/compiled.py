@@ -1,7 +1,7 @@
 """The compiled inference path: torch.compile (inductor) with freezing, and when it pays.
 
 Freezing folds the weights into the graph as constants, so inductor can fuse the memory-bound
-work around the convolutions (padding, norms, ReLUs, residual adds, upsampling) into few
+work around the convolutions (padding, norms, ReLUs, residual adds) into few
 kernels. Compiling costs seconds for each new input shape (one graph per shape: dynamic shapes
 compile once but ran no faster than eager here), so it pays only when many images of one size
 follow: the frames of a video, a folder of same-sized photos, a long-lived server.
@@ -23,11 +23,13 @@ from .video import frame_size, is_video, probe
 
 __all__ = ["COMPILE_PAYS_AFTER", "COMPILE_PAYS_ON", "compile_for_inference", "worth_compiling"]
 
-# Images of one size after which compiling pays for itself on a CPU: about 10-20 s of compilation
-# against about 0.7 s saved per 1024x1024 image (benchmarks/bench.py measures both).
-COMPILE_PAYS_AFTER = 16
-# Device types where the compiled network was measured faster than the eager one: 1.5-1.7x on the
-# CPU; 0.97x and 1.01x at 512 and 1024 px on an H200, where cuDNN leaves little to fuse.
+# Pixels stylised at one size after which compiling pays for itself on a CPU: compiling took
+# 23 s cold for 1024x1024 on 2 cores and then saved 0.18 s an image (1.19x; 1.06x at 512x512,
+# where it pays even later); benchmarks/bench.py measures the saving. About 140 pictures of
+# 1024x1024, or 160 frames of 1280x720.
+COMPILE_PAYS_AFTER = 150 * 2**20
+# Device types where the compiled network was measured faster than the eager one: 1.06x and 1.19x
+# at 512 and 1024 px on a 2-core CPU; 0.97x and 1.01x at 512 and 1024 px on an H200, where cuDNN leaves little to fuse.
 COMPILE_PAYS_ON = ("cpu",)
 
 
@@ -47,10 +49,10 @@ def worth_compiling(
     files: list[Path], max_size: int | None, threshold: int = COMPILE_PAYS_AFTER, device: str = "cpu"
 ) -> bool:
     """Whether stylising ``files`` on ``device`` (a device type: cpu, cuda, ...) pays for compiling:
-    the device is one of COMPILE_PAYS_ON and at least ``threshold`` pictures among ``files`` have
-    one size once scaled to ``max_size`` (long side, pixels; None keeps the size). An image counts
-    once, a video once per frame (the frames' size is the one ``stylize`` gives them). Reads only
-    headers (and a video's first frame)."""
+    the device is one of COMPILE_PAYS_ON and the pictures among ``files`` that share one size once
+    scaled to ``max_size`` (long side, pixels; None keeps the size) add up to at least
+    ``threshold`` pixels. An image counts once, a video once per frame (the frames' size is the one
+    ``stylize`` gives them). Reads only headers (and a video's first frame)."""
     if device not in COMPILE_PAYS_ON:
         return False
 
@@ -64,7 +66,7 @@ def worth_compiling(
             sizes[size] += frames
         elif (size := _size_of(path)) is not None:
             sizes[scaled(size)] += 1
-    return max(sizes.values(), default=0) >= threshold
+    return max((count * size[0] * size[1] for size, count in sizes.items() if size), default=0) >= threshold
 
 
 def _video_frames(path: Path, max_size: int | None) -> tuple[tuple[int, int] | None, int]:

@@ -63,9 +63,9 @@ ALIGN = 4  # the two stride-2 stages: tile corners on multiples of 4 keep every 
 MIN_SIDE = 16  # the smallest side the network takes without padding it further
 
 # Peak memory of one untiled forward pass per pixel of the image: resident memory above the idle
-# process, measured on the CPU with channels_last (benchmarks/tiling.py memory) at 748 bytes in
-# fp32 and 768 in bf16 at 1024x1024, 695 in bf16 at 2048x2048; rounded up.
-PEAK_BYTES_PER_PIXEL = 800
+# process, measured on the CPU with channels_last (benchmarks/tiling.py memory) at 463 bytes in
+# fp32 and 344 in bf16 at 1024x1024, 368 and 192 at 2048x2048; rounded up.
+PEAK_BYTES_PER_PIXEL = 500
 MEMORY_BUDGET = 3 * 2**29  # 1.5 GiB: what one forward pass may take on the CPU before ``auto`` tiles
 
 # progress(pass number (1-based), number of passes, what the pass does, tiles done, tiles in all)

@@ -31,17 +31,21 @@ def test_the_compiled_network_gives_the_eager_result():
     assert mse == 0 or 10 * math.log10(1 / mse) > 40
 
 
-def test_compiling_pays_only_with_many_images_of_one_size(tmp_path):
+def test_compiling_pays_only_with_many_pixels_of_one_size(tmp_path):
     same = [make_photo(tmp_path / f"same{i}.png", size=(40, 30), seed=i) for i in range(16)]
-    assert worth_compiling(same, None)
-    assert not worth_compiling(same[:15], None)
+    pays = 16 * 40 * 30  # pixels
+    assert worth_compiling(same, None, pays)
+    assert not worth_compiling(same[:15], None, pays)
     mixed = same[:8] + [make_photo(tmp_path / f"other{i}.png", size=(30, 40), seed=i) for i in range(8)]
-    assert not worth_compiling(mixed, None)
+    assert not worth_compiling(mixed, None, pays)
+    # bigger pictures pay sooner: 4 of 80x60 have the pixels of 16 of 40x30
+    big = [make_photo(tmp_path / f"big{i}.png", size=(80, 60), seed=i) for i in range(4)]
+    assert worth_compiling(big, None, pays) and not worth_compiling(big[:3], None, pays)
     # scaled to one long side, 80x60 and 40x30 photos become one size
-    bigger = same[:8] + [make_photo(tmp_path / f"big{i}.png", size=(80, 60), seed=i) for i in range(8)]
-    assert not worth_compiling(bigger, None) and worth_compiling(bigger, 40)
-    assert not worth_compiling([tmp_path / "missing.png"] * 20, None)
-    assert not worth_compiling(same, None, device="cuda")  # measured no faster there
+    assert not worth_compiling(same[:13] + big[:3], None, pays) and worth_compiling(same[:13] + big[:3], 40, pays)
+    assert not worth_compiling([tmp_path / "missing.png"] * 20, None, pays)
+    assert not worth_compiling(same, None, pays, device="cuda")  # measured no faster there
+    assert not worth_compiling(same, None)  # the default asks for about 140 pictures of 1024x1024
 
 
 def test_a_video_counts_once_per_frame(tmp_path):
@@ -49,13 +53,14 @@ def test_a_video_counts_once_per_frame(tmp_path):
 
     long_clip = make_clip(tmp_path / "long.mp4", frames=16, audio=False)
     short_clip = make_clip(tmp_path / "short.mp4", frames=8, audio=False)
-    assert worth_compiling([long_clip], None) and not worth_compiling([short_clip], None)
+    width, height = Image.open(make_frame_png(short_clip, tmp_path)).size
+    pays = 16 * width * height
+    assert worth_compiling([long_clip], None, pays) and not worth_compiling([short_clip], None, pays)
     # frames and photos of the frames' size add up
-    photos = [make_photo(tmp_path / f"p{i}.png", size=Image.open(make_frame_png(short_clip, tmp_path)).size, seed=i)
-              for i in range(8)]  # fmt: skip
-    assert worth_compiling([short_clip, *photos], None)
+    photos = [make_photo(tmp_path / f"p{i}.png", size=(width, height), seed=i) for i in range(8)]
+    assert worth_compiling([short_clip, *photos], None, pays)
     (tmp_path / "broken.mp4").write_bytes(b"not a video")
-    assert not worth_compiling([tmp_path / "broken.mp4"] * 20, None)
+    assert not worth_compiling([tmp_path / "broken.mp4"] * 20, None, pays)
 
 
 def make_frame_png(clip: Path, folder: Path) -> Path:

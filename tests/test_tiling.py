@@ -196,7 +196,7 @@ def test_parse_tile_refuses_anything_else_in_one_line(text):
 
 def test_auto_tiles_only_over_the_memory_budget(monkeypatch):
     cpu = torch.device("cpu")
-    assert tile_side("auto", 1024, 1024, cpu) is None  # 0.8 GB estimated: under the 1.5 GiB budget
+    assert tile_side("auto", 1024, 1024, cpu) is None  # 0.5 GB estimated: under the 1.5 GiB budget
     side = tile_side("auto", 6000, 8000, cpu)
     assert side is not None and side % 4 == 0
     assert (side + 2 * tiling.HALO) ** 2 * tiling.PEAK_BYTES_PER_PIXEL <= tiling.MEMORY_BUDGET
