@@ -393,7 +393,8 @@ def stylize_rows(rows, args, device, rounds, repeats):
                          0, 0, 0, 0))  # fmt: skip
     big = {"norm": args.norm, "size": 2048, "device": device, "batch": 1, "fast": True, "checkpoint": ckpt}
     compare(rows, "stylize 2048px", [("fast (stylize default)", "stylize", big)], 1, 1)
-    print(f"weights for stylising: {ckpt or 'random (no shipped checkpoint found)'}")
+    shown = Path(ckpt).relative_to(SHIPPED_MODELS.parents[1]) if ckpt else "random (no shipped checkpoint found)"
+    print(f"weights for stylising: {shown}")
 
 
 def curve_check(device, steps=200, size=128):

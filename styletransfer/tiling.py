@@ -54,7 +54,7 @@ from .instance_ops import instance_moments
 from .norms import InstanceStatistics
 
 __all__ = [
-    "HALO", "MEMORY_BUDGET", "PEAK_BYTES_PER_PIXEL", "ProgressCallback", "Tile", "auto_tile_side", "parse_tile",
+    "HALO", "MEMORY_BUDGET", "PEAK_BYTES_FIXED", "PEAK_BYTES_PER_PIXEL", "ProgressCallback", "Tile", "auto_tile_side", "parse_tile",
     "per_instance_layers", "plan_tiles", "stylize_image_in_tiles", "stylize_in_tiles", "tile_progress", "tile_side",
 ]  # fmt: skip
 
@@ -62,10 +62,12 @@ HALO = 64  # pixels around each core; at least the receptive-field radius (55 pi
 ALIGN = 4  # the two stride-2 stages: tile corners on multiples of 4 keep every grid aligned
 MIN_SIDE = 16  # the smallest side the network takes without padding it further
 
-# Peak memory of one untiled forward pass per pixel of the image: resident memory above the idle
-# process, measured on the CPU with channels_last (benchmarks/tiling.py memory) at 463 bytes in
-# fp32 and 344 in bf16 at 1024x1024, 368 and 192 at 2048x2048; rounded up.
-PEAK_BYTES_PER_PIXEL = 500
+# Peak memory of one untiled forward pass, as a fixed part plus a part per pixel of the image:
+# resident memory above the idle process, measured on the CPU with channels_last
+# (benchmarks/tiling.py memory) at 463 MiB in fp32 and 344 in bf16 at 1024x1024, 1471 and 767 at
+# 2048x2048. fp32, the larger: 336 bytes per added pixel over 127 MiB; rounded up.
+PEAK_BYTES_FIXED = 128 * 2**20
+PEAK_BYTES_PER_PIXEL = 340
 MEMORY_BUDGET = 3 * 2**29  # 1.5 GiB: what one forward pass may take on the CPU before ``auto`` tiles
 
 # progress(pass number (1-based), number of passes, what the pass does, tiles done, tiles in all)
@@ -317,7 +319,7 @@ def parse_tile(text: str | int | None) -> str | int:
 
 def peak_bytes(height: int, width: int) -> int:
     """Estimated peak memory, in bytes, of one untiled forward pass over an image of that size."""
-    return height * width * PEAK_BYTES_PER_PIXEL
+    return PEAK_BYTES_FIXED + height * width * PEAK_BYTES_PER_PIXEL
 
 
 def memory_budget(device: torch.device) -> int:
@@ -333,7 +335,7 @@ def auto_tile_side(height: int, width: int, budget: int) -> int | None:
     largest side whose tile (core and halo) fits."""
     if peak_bytes(height, width) <= budget:
         return None
-    fits = math.isqrt(budget // PEAK_BYTES_PER_PIXEL)
+    fits = math.isqrt(max(0, budget - PEAK_BYTES_FIXED) // PEAK_BYTES_PER_PIXEL)
     return max(MIN_SIDE, (fits - 2 * HALO) // ALIGN * ALIGN)
 
 
