@@ -183,7 +183,10 @@ def reference_conv_step(size, batch, device):
     return step, batch
 
 
-PATHS = {"reference": reference_conv_step, "train": training_step, "network": network_step, "stylize": stylize_step, "peer": peer_step}
+PATHS = {
+    "reference": reference_conv_step, "train": training_step, "network": network_step, "stylize": stylize_step,
+    "peer": peer_step,
+}  # fmt: skip
 
 
 # --- measuring in a fresh process -----------------------------------------------------------------

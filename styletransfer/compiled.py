@@ -29,7 +29,7 @@ __all__ = ["COMPILE_PAYS_AFTER", "COMPILE_PAYS_ON", "compile_for_inference", "wo
 # 1024x1024, or 160 frames of 1280x720.
 COMPILE_PAYS_AFTER = 150 * 2**20
 # Device types where the compiled network was measured faster than the eager one: 1.06x and 1.19x
-# at 512 and 1024 px on a 2-core CPU; 0.97x and 1.01x at 512 and 1024 px on an H200, where cuDNN leaves little to fuse.
+# at 512 and 1024 px on a 2-core CPU; 0.97x and 1.01x on an H200, where cuDNN leaves little to fuse.
 COMPILE_PAYS_ON = ("cpu",)
 
 

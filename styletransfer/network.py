@@ -25,29 +25,24 @@ from torch import nn
 
 from .norms import make_norm
 
-__all__ = ["ReflectionPad2d", "RowSplitConv2d", "TransformerNet", "pad_in_own_dtype", "upsample_conv"]
+__all__ = ["ReflectionPad2d", "RowSplitConv2d", "TransformerNet", "upsample_conv"]
 
 NormLayer = Callable[[int], nn.Module]
 
 
-def pad_in_own_dtype(x: torch.Tensor, padding: tuple[int, ...], mode: str) -> torch.Tensor:
-    """``F.pad(x, padding, mode=mode)`` in x's dtype, also under CPU autocast.
+class ReflectionPad2d(nn.ReflectionPad2d):
+    """nn.ReflectionPad2d that keeps its input's dtype under CPU autocast.
 
     Padding copies values, exact in any dtype, but CPU autocast lists it among its fp32 ops: a
     bf16 activation would be written out in fp32 and cast back to bf16 by the next conv, twice
     the bytes and a copy more around every conv.
     """
-    if x.device.type != "cpu":
-        return F.pad(x, padding, mode=mode)
-    with torch.autocast("cpu", enabled=False):
-        return F.pad(x, padding, mode=mode)
-
-
-class ReflectionPad2d(nn.ReflectionPad2d):
-    """nn.ReflectionPad2d that keeps its input's dtype under autocast (:func:`pad_in_own_dtype`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return pad_in_own_dtype(x, self.padding, "reflect")
+        if x.device.type != "cpu":
+            return super().forward(x)
+        with torch.autocast("cpu", enabled=False):
+            return super().forward(x)
 
 
 class ConvNormReLU(nn.Sequential):
