@@ -160,10 +160,21 @@ class VGGFeatures(nn.Module):
 
 
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
-    """Gram matrix per image, normalised by C*H*W as in Johnson et al.: shape (B, C, C)."""
+    """Gram matrix per image of (B, C, H, W) features, normalised by C*H*W as in Johnson et al.
+    (2016, eq. 3): float32 (B, C, C).
+
+    The product runs in the features' dtype (bf16 under autocast, which would cast an fp32 copy
+    back anyway) on a view of them in their own memory layout: for channels_last features the
+    (B, H*W, C) matrix, so no copy of the features is made in either direction.
+    """
     b, c, h, w = features.shape
-    f = features.reshape(b, c, h * w).float()
-    return torch.bmm(f, f.transpose(1, 2)) / (c * h * w)
+    if features.is_contiguous(memory_format=torch.channels_last) and not features.is_contiguous():
+        f = features.permute(0, 2, 3, 1).reshape(b, h * w, c)
+        gram = torch.bmm(f.transpose(1, 2), f)
+    else:
+        f = features.reshape(b, c, h * w)
+        gram = torch.bmm(f, f.transpose(1, 2))
+    return gram.float() / (c * h * w)
 
 
 def total_variation(images: torch.Tensor) -> torch.Tensor:
@@ -178,8 +189,9 @@ def relative_mse(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
     Per image, so a batch's loss does not depend on how it is split (across processes, say).
     """
-    x, target = x.float().flatten(1), target.float().flatten(1)
-    per_image = (x - target).pow(2).mean(1) / target.pow(2).mean(1).clamp_min(1e-8)
+    per_pixel = tuple(range(1, x.dim()))  # reduced in place: flattening channels_last input would copy it
+    x, target = x.float(), target.float()
+    per_image = (x - target).pow(2).mean(per_pixel) / target.pow(2).mean(per_pixel).clamp_min(1e-8)
     return per_image.mean()
 
 
