@@ -1,4 +1,5 @@
-"""The compiled inference path: torch.compile (inductor) with freezing, and when it pays.
+"""The compiled paths: inference (torch.compile, inductor, with freezing), the training step, and
+when each pays.
 
 Freezing folds the weights into the graph as constants, so inductor can fuse the memory-bound
 work around the convolutions (padding, norms, ReLUs, residual adds) into few
@@ -18,10 +19,14 @@ import torch
 from PIL import Image
 
 from .data import scaled_size
+from .devices import cpu_has_amx
 from .errors import StyleTransferError
 from .video import frame_size, is_video, probe
 
-__all__ = ["COMPILE_PAYS_AFTER", "COMPILE_PAYS_ON", "compile_for_inference", "worth_compiling"]
+__all__ = [
+    "COMPILE_PAYS_AFTER", "COMPILE_PAYS_ON", "TRAINING_COMPILE_PAYS_AFTER", "compile_for_inference",
+    "compile_for_training", "training_compile_pays", "worth_compiling",
+]  # fmt: skip
 
 # Pixels stylised at one size after which compiling pays for itself on a CPU: compiling took
 # 23 s cold for 1024x1024 on 2 cores and then saved 0.18 s an image (1.19x; 1.06x at 512x512,
@@ -31,6 +36,12 @@ COMPILE_PAYS_AFTER = 150 * 2**20
 # Device types where the compiled network was measured faster than the eager one: 1.06x and 1.19x
 # at 512 and 1024 px on a 2-core CPU; 0.97x and 1.01x on an H200, where cuDNN leaves little to fuse.
 COMPILE_PAYS_ON = ("cpu",)
+# Training steps left after which compiling the training step pays, on the CPUs where it does: on
+# a 2-core Intel Xeon with AMX, a 256 px batch of 4 took 0.96 s compiled against 1.48 s eager
+# (1.55x), after about 70 s of compiling, so it pays after about 150 steps. Elsewhere it does not
+# pay: 1.00x-1.16x on a 2-core AMD EPYC with AVX-512 BF16 (within that machine's run-to-run
+# spread), 0.87x on an H200. benchmarks/bench.py --only train measures it.
+TRAINING_COMPILE_PAYS_AFTER = 300
 
 
 def compile_for_inference(model: torch.nn.Module):
@@ -43,6 +54,20 @@ def compile_for_inference(model: torch.nn.Module):
     # CUDA runtime on GPU-less machines that have one installed: noise for a CPU run.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     return torch.compile(model, dynamic=False, options={"freezing": True})
+
+
+def compile_for_training(module: torch.nn.Module):
+    """``module`` (the network or the perceptual loss, in training mode) compiled forward and
+    backward: a callable with the module's signature, sharing its parameters. The first call
+    compiles (about a minute for the network and the VGG loss on 2 cores)."""
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    return torch.compile(module, dynamic=False)
+
+
+def training_compile_pays(device: torch.device, dtype: torch.dtype, steps_left: int) -> bool:
+    """Whether compiling the training step pays: bf16 on a CPU with AMX (the only place it was
+    measured faster, see TRAINING_COMPILE_PAYS_AFTER), with at least that many steps left."""
+    return device.type == "cpu" and dtype == torch.bfloat16 and cpu_has_amx() and steps_left >= TRAINING_COMPILE_PAYS_AFTER
 
 
 def worth_compiling(

@@ -9,7 +9,7 @@ import torch
 from .errors import StyleTransferError
 
 __all__ = [
-    "PRECISIONS", "autocast", "cpu_has_fast_bf16", "is_out_of_memory", "pick_device", "release_memory",
+    "PRECISIONS", "autocast", "cpu_has_amx", "cpu_has_fast_bf16", "is_out_of_memory", "pick_device", "release_memory",
     "resolve_precision",
 ]  # fmt: skip
 
@@ -44,6 +44,16 @@ def cpu_has_fast_bf16() -> bool:
             "AVX512",
             "AMX",
         )
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def cpu_has_amx() -> bool:
+    """True on CPUs with AMX bf16 tile instructions (Intel Xeon since Sapphire Rapids), whose
+    convolutions are fast enough that the memory-bound work around them dominates."""
+    capabilities = getattr(torch.cpu, "get_capabilities", None)
+    try:
+        return bool(capabilities().get("amx_bf16")) if capabilities else bool(torch.cpu._is_amx_tile_supported())
     except (AttributeError, RuntimeError):
         return False
 

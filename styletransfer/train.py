@@ -24,6 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.utils.data import DataLoader
 
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .compiled import compile_for_training, training_compile_pays
 from .config import TrainConfig
 from .data import ContentImages, StepBatches, image_to_tensor, load_style_image
 from .devices import autocast, resolve_precision
@@ -128,7 +129,7 @@ class Training:
     model: torch.nn.Module  # the plain network (what is saved)
     net: torch.nn.Module  # the same, wrapped for DistributedDataParallel when distributed
     optimizer: torch.optim.Optimizer
-    loss_fn: PerceptualLoss
+    loss_fn: torch.nn.Module  # the PerceptualLoss, compiled or not
     loader: DataLoader
     amp_dtype: torch.dtype
     memory_format: torch.memory_format
@@ -151,11 +152,22 @@ def setup(cfg: TrainConfig, checkpoint: Checkpoint | None, procs: Processes, dev
         note_process_change(checkpoint, procs, console)
     if procs.distributed:
         console.print(describe_processes(cfg, procs, device))
+    amp_dtype = resolve_precision(cfg.precision, device)
+    net, loss_fn = wrap(model, procs, device), build_loss(cfg, device, memory_format)
+    if compiles_training(cfg, procs, device, amp_dtype, start_step):
+        console.print("compiling the training step: the first step takes a minute or more (--compile off skips this)")
+        net, loss_fn = compile_for_training(net), compile_for_training(loss_fn)
     return Training(
-        cfg, procs, device, console, model, wrap(model, procs, device), optimizer, build_loss(cfg, device, memory_format),
-        build_loader(cfg, procs, device, start_step, console), resolve_precision(cfg.precision, device), memory_format,
-        start_step,
+        cfg, procs, device, console, model, net, optimizer, loss_fn,
+        build_loader(cfg, procs, device, start_step, console), amp_dtype, memory_format, start_step,
     )  # fmt: skip
+
+
+def compiles_training(cfg: TrainConfig, procs: Processes, device: torch.device, amp_dtype, start_step: int) -> bool:
+    """``--compile``: on, off, or auto (where and when it was measured to pay; one process only)."""
+    if cfg.compile == "auto":
+        return not procs.distributed and training_compile_pays(device, amp_dtype, cfg.iterations - start_step)
+    return cfg.compile == "on"
 
 
 def build_model(cfg: TrainConfig, checkpoint: Checkpoint | None, procs: Processes, device, memory_format):

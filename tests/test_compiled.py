@@ -1,18 +1,24 @@
-"""The compiled inference path (torch.compile with freezing), and when the CLI uses it."""
+"""The compiled paths (inference with freezing; the training step), and when they are used."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
+import pytest
 import torch
 from PIL import Image
 
-from styletransfer.compiled import worth_compiling
+from styletransfer import compiled as compiled_module
+from styletransfer.compiled import TRAINING_COMPILE_PAYS_AFTER, training_compile_pays, worth_compiling
+from styletransfer.errors import StyleTransferError
 from styletransfer.network import TransformerNet
+from styletransfer.runs import read_log
 from styletransfer.stylize import Stylizer
+from styletransfer.train import train
 
 from .conftest import make_photo, run_cli
+from .test_train import config
 
 
 def test_the_compiled_network_gives_the_eager_result():
@@ -81,3 +87,31 @@ def test_a_bad_compile_choice_is_one_line(tmp_path, capsys):
     assert run_cli("stylize", make_photo(tmp_path / "p.png"), "-m", model, "--compile", "always") == 1
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and "--compile" in lines[0], lines
+
+
+def test_the_compiled_training_step_learns_what_the_eager_one_does(photos, style_image, tmp_path):
+    """Network and loss compiled, forward and backward (IEBN takes plain ops there): the same
+    losses step after step, so the same updates."""
+    runs = {}
+    for choice in ("off", "on"):
+        run = tmp_path / choice
+        train(config(photos, style_image, run, norm="iebn", precision="fp32", iterations=3, compile=choice))
+        runs[choice] = [r["total"] for r in read_log(run / "losses.jsonl")]
+    assert runs["on"] == pytest.approx(runs["off"], rel=1e-3)
+
+
+def test_training_compiles_by_itself_only_where_it_was_measured_to_pay(monkeypatch):
+    cpu, cuda, enough = torch.device("cpu"), torch.device("cuda"), TRAINING_COMPILE_PAYS_AFTER
+    monkeypatch.setattr(compiled_module, "cpu_has_amx", lambda: True)
+    assert training_compile_pays(cpu, torch.bfloat16, enough)
+    assert not training_compile_pays(cpu, torch.bfloat16, enough - 1)  # too few steps left to repay it
+    assert not training_compile_pays(cpu, torch.float32, enough)
+    assert not training_compile_pays(cuda, torch.bfloat16, enough)
+    monkeypatch.setattr(compiled_module, "cpu_has_amx", lambda: False)
+    assert not training_compile_pays(cpu, torch.bfloat16, enough)  # AVX-512 BF16 alone: no faster
+
+
+def test_compile_on_is_refused_under_torchrun(photos, style_image, tmp_path):
+    cfg = config(photos, style_image, tmp_path / "run", compile="on", world_size=2)
+    with pytest.raises(StyleTransferError, match="--compile on"):
+        cfg.validate()
