@@ -18,6 +18,7 @@ first row, one wide conv alone, shows about the most GFLOP/s the device's conv k
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import multiprocessing as mp
 import os
@@ -33,7 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from styletransfer.devices import autocast, resolve_precision
+from styletransfer.compiled import TRAINING_COMPILE_PAYS_AFTER, compile_loss, training_compile_pays
+from styletransfer.devices import autocast, cpu_has_amx, cpu_has_fast_bf16, resolve_precision
 from styletransfer.grain import STYLISE_GRAIN, add_grain
 from styletransfer.loss import PerceptualLoss, gram_matrix, load_vgg_features, relative_mse, total_variation
 from styletransfer.models import SHIPPED_MODELS
@@ -96,30 +98,30 @@ def training_step(norm, size, batch, device, fast, vgg="vgg16", compiled=False):
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
     content = torch.rand(batch, 3, size, size, device=device).contiguous(memory_format=memory_format)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    # Compiled: the network and the loss (VGG, Gram matrices) each as one inductor graph, forward
-    # and backward; Adam stays eager.
-    net, loss = (torch.compile(model), torch.compile(loss_fn)) if compiled else (model, loss_fn)
+    # Compiled as train --compile does it: the loss (VGG, Gram matrices) as one inductor graph,
+    # forward and backward; the network and Adam stay eager.
+    loss = compile_loss(loss_fn) if compiled else loss_fn
 
     def step():
         with autocast(device, dtype):
-            output = net(content)
+            output = model(content)
             losses = loss(output, content) if fast else plain_losses(loss_fn, output.float(), content)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(losses["total"]).backward()
         scaler.step(optimizer)
         scaler.update()
+        if not all(torch.isfinite(p).all() for p in model.parameters()):  # a fast wrong path is no path
+            raise RuntimeError("the training step made the weights NaN or infinite")
 
     return step, batch
 
 
-def network_step(norm, size, batch, device, channels_last=False, compiled=False):
+def network_step(norm, size, batch, device, channels_last=False):
     """The transformation network alone, forward and backward: the cost of the norm layers."""
     torch.manual_seed(0)
     dtype = resolve_precision("auto", device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = TransformerNet(norm).to(device, memory_format=memory_format).train()
-    if compiled:
-        model = torch.compile(model)
     x = torch.rand(batch, 3, size, size, device=device).contiguous(memory_format=memory_format)
 
     def step():
@@ -279,6 +281,9 @@ def print_header():
 
 def print_rows(rows):
     for label, name, ips, gflops, ratio, peak in rows:
+        if not ips:  # a summary line (a ratio, a PSNR), not a measured path
+            print(f"{label:<22} {name}", flush=True)
+            continue
         print(f"{label:<22} {name:<26} {ips:>9.2f} {gflops:>8.1f} {ratio:>5.2f}x {peak:>9.0f}", flush=True)
 
 
@@ -312,9 +317,15 @@ def shipped_checkpoint(norm):
 
 
 def processor_name(device) -> str:
+    """The GPU's name, or the CPU's model and its bf16 instructions: figures differ by those."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine()
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+        model = names[0] if names else model
+    bf16 = "AMX" if cpu_has_amx() else "AVX-512 BF16" if cpu_has_fast_bf16() else "no bf16 instructions"
+    return f"{model}, {bf16}"
 
 
 def main():
@@ -348,23 +359,25 @@ def reference_rows(rows, args, device, rounds, repeats):
 
 
 def train_rows(rows, args, device, rounds, repeats):
-    """Training steps: plain fp32 eager, the default fast path, and the fast path compiled."""
+    """Training steps: plain fp32 eager, the fast path eager and compiled (``train --compile``)."""
     label, train = "train 256px b4 vgg16", {"norm": args.norm, "size": 256, "device": device, "batch": 4}
     cases = [("fp32 eager baseline", "train", {**train, "fast": False}),
-             ("fast (train default)", "train", {**train, "fast": True}),
+             ("fast, eager", "train", {**train, "fast": True}),
              ("fast, compiled", "train", {**train, "fast": True, "compiled": True})]  # fmt: skip
     compare(rows, label, cases, rounds, repeats)
     speed = speeds(rows, label)
-    rows.append((label, f"compiled / default: {speed['fast, compiled'] / speed['fast (train default)']:.2f}x", 0, 0, 0, 0))
+    default = "compiled" if training_compile_pays(device, resolve_precision("auto", device), TRAINING_COMPILE_PAYS_AFTER) else "eager"
+    rows.append((label, f"compiled / eager: {speed['fast, compiled'] / speed['fast, eager']:.2f}x", 0, 0, 0, 0))
+    rows.append((label, f"train's default here: {default}", 0, 0, 0, 0))
 
 
 def network_rows(rows, args, device, rounds, repeats):
-    """Forward + backward of the transformation network per norm, eager and compiled: IEBN's cost
-    against BN's."""
+    """Forward + backward of the transformation network per norm: IEBN's cost against BN's. Not
+    compiled: inductor's compiled backward of the network gave NaN gradients in bf16 (torch 2.14),
+    so training never runs it (styletransfer.compiled.compile_loss)."""
     norms = ("bn", "iebn") if args.quick else ("bn", "iebn", "in", "se")
-    for label, layout, compiled in (("network f+b 256px", "NCHW", False), ("network f+b 256px", "NHWC", False),
-                                    ("network compiled", "NCHW", True), ("network compiled", "NHWC", True)):  # fmt: skip
-        net = {"size": 256, "channels_last": layout == "NHWC", "device": device, "batch": 4, "compiled": compiled}
+    for label, layout in (("network f+b 256px", "NCHW"), ("network f+b 256px", "NHWC")):
+        net = {"size": 256, "channels_last": layout == "NHWC", "device": device, "batch": 4}
         label = f"{label} {layout}"
         compare(rows, label, [(n, "network", {**net, "norm": n}) for n in norms], 2 * rounds, repeats)
         speed = speeds(rows, label)

@@ -72,9 +72,9 @@ class TrainConfig:
     channels_last: bool = setting(True, "NHWC memory layout.", flags=("--channels-last/--no-channels-last",),
                                   resumable=True)  # fmt: skip
     compile: str = setting(
-        "auto", "Compile the training step (torch.compile: network and loss, forward and backward), which "
-        "takes about a minute before the first step: on, off, or auto (on for bf16 on CPUs with AMX, where a step "
-        "was measured 1.55x faster, when at least 300 steps are left).", choices=("auto", "on", "off"), resumable=True,
+        "auto", "Compile the perceptual loss (torch.compile: VGG and Gram matrices, forward and backward), which "
+        "takes 10-40 s before the first step: on, off, or auto (on for bf16 on CPUs with AMX, where a step was "
+        "measured 1.16x-1.29x faster, when at least 300 steps are left).", choices=("auto", "on", "off"), resumable=True,
     )  # fmt: skip
     workers: int | None = setting(None, "Data loading processes.", minimum=0, resumable=True,
                                   default_text="0 on CPU, 4 on CUDA")  # fmt: skip

@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.utils.data import DataLoader
 
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from .compiled import compile_for_training, training_compile_pays
+from .compiled import compile_loss, training_compile_pays
 from .config import TrainConfig
 from .data import ContentImages, StepBatches, image_to_tensor, load_style_image
 from .devices import autocast, resolve_precision
@@ -153,12 +153,12 @@ def setup(cfg: TrainConfig, checkpoint: Checkpoint | None, procs: Processes, dev
     if procs.distributed:
         console.print(describe_processes(cfg, procs, device))
     amp_dtype = resolve_precision(cfg.precision, device)
-    net, loss_fn = wrap(model, procs, device), build_loss(cfg, device, memory_format)
+    loss_fn = build_loss(cfg, device, memory_format)
     if compiles_training(cfg, procs, device, amp_dtype, start_step):
-        console.print("compiling the training step: the first step takes a minute or more (--compile off skips this)")
-        net, loss_fn = compile_for_training(net), compile_for_training(loss_fn)
+        console.print("compiling the loss: the first step takes up to a minute longer (--compile off skips this)")
+        loss_fn = compile_loss(loss_fn)
     return Training(
-        cfg, procs, device, console, model, net, optimizer, loss_fn,
+        cfg, procs, device, console, model, wrap(model, procs, device), optimizer, loss_fn,
         build_loader(cfg, procs, device, start_step, console), amp_dtype, memory_format, start_step,
     )  # fmt: skip
 

@@ -89,15 +89,16 @@ def test_a_bad_compile_choice_is_one_line(tmp_path, capsys):
     assert len(lines) == 1 and "--compile" in lines[0], lines
 
 
-def test_the_compiled_training_step_learns_what_the_eager_one_does(photos, style_image, tmp_path):
-    """Network and loss compiled, forward and backward (IEBN takes plain ops there): the same
-    losses step after step, so the same updates."""
+def test_the_compiled_loss_trains_as_the_eager_one_in_bf16(photos, style_image, tmp_path):
+    """The loss compiled forward and backward, in bf16 as CPUs with AMX train by default: the same
+    losses step after step, so the same updates (a compiled network backward gave NaN here)."""
     runs = {}
     for choice in ("off", "on"):
         run = tmp_path / choice
-        train(config(photos, style_image, run, norm="iebn", precision="fp32", iterations=3, compile=choice))
+        train(config(photos, style_image, run, norm="iebn", precision="bf16", iterations=4, compile=choice))
         runs[choice] = [r["total"] for r in read_log(run / "losses.jsonl")]
-    assert runs["on"] == pytest.approx(runs["off"], rel=1e-3)
+    assert all(math.isfinite(v) for v in runs["on"])
+    assert runs["on"] == pytest.approx(runs["off"], rel=2e-2)
 
 
 def test_training_compiles_by_itself_only_where_it_was_measured_to_pay(monkeypatch):
