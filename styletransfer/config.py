@@ -74,7 +74,7 @@ class TrainConfig:
     compile: str = setting(
         "auto", "Compile the perceptual loss (torch.compile: VGG and Gram matrices, forward and backward), which "
         "takes 10-40 s before the first step: on, off, or auto (on for bf16 on CPUs with AMX, where a step was "
-        "measured 1.16x-1.29x faster, when at least 300 steps are left).", choices=("auto", "on", "off"), resumable=True,
+        "measured 1.16x-1.29x faster, when at least 300 steps are left; one process only).", choices=("auto", "on", "off"), resumable=True,
     )  # fmt: skip
     workers: int | None = setting(None, "Data loading processes.", minimum=0, resumable=True,
                                   default_text="0 on CPU, 4 on CUDA")  # fmt: skip

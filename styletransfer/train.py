@@ -155,7 +155,7 @@ def setup(cfg: TrainConfig, checkpoint: Checkpoint | None, procs: Processes, dev
     amp_dtype = resolve_precision(cfg.precision, device)
     loss_fn = build_loss(cfg, device, memory_format)
     if compiles_training(cfg, procs, device, amp_dtype, start_step):
-        console.print("compiling the loss: the first step takes up to a minute longer (--compile off skips this)")
+        console.print("compiling the loss: the first step takes 10-40 s longer (--compile off skips this)")
         loss_fn = compile_loss(loss_fn)
     return Training(
         cfg, procs, device, console, model, wrap(model, procs, device), optimizer, loss_fn,
