@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from styletransfer.compiled import TRAINING_COMPILE_PAYS_AFTER, compile_loss, training_compile_pays
+from styletransfer.compiled import compile_loss
 from styletransfer.devices import autocast, cpu_has_amx, cpu_has_fast_bf16, resolve_precision
 from styletransfer.grain import STYLISE_GRAIN, add_grain
 from styletransfer.loss import PerceptualLoss, gram_matrix, load_vgg_features, relative_mse, total_variation
@@ -366,9 +366,7 @@ def train_rows(rows, args, device, rounds, repeats):
              ("fast, compiled", "train", {**train, "fast": True, "compiled": True})]  # fmt: skip
     compare(rows, label, cases, rounds, repeats)
     speed = speeds(rows, label)
-    default = "compiled" if training_compile_pays(device, resolve_precision("auto", device), TRAINING_COMPILE_PAYS_AFTER) else "eager"
     rows.append((label, f"compiled / eager: {speed['fast, compiled'] / speed['fast, eager']:.2f}x", 0, 0, 0, 0))
-    rows.append((label, f"train's default here: {default}", 0, 0, 0, 0))
 
 
 def network_rows(rows, args, device, rounds, repeats):

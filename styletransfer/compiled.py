@@ -19,13 +19,11 @@ import torch
 from PIL import Image
 
 from .data import scaled_size
-from .devices import cpu_has_amx
 from .errors import StyleTransferError
 from .video import frame_size, is_video, probe
 
 __all__ = [
-    "COMPILE_PAYS_AFTER", "COMPILE_PAYS_ON", "TRAINING_COMPILE_PAYS_AFTER", "compile_for_inference",
-    "compile_loss", "training_compile_pays", "worth_compiling",
+    "COMPILE_PAYS_AFTER", "COMPILE_PAYS_ON", "compile_for_inference", "compile_loss", "worth_compiling",
 ]  # fmt: skip
 
 # Pixels stylised at one size after which compiling pays for itself on a CPU: compiling took
@@ -36,13 +34,6 @@ COMPILE_PAYS_AFTER = 150 * 2**20
 # Device types where the compiled network was measured faster than the eager one: 1.06x and 1.19x
 # at 512 and 1024 px on a 2-core CPU; 0.97x and 1.01x on an H200, where cuDNN leaves little to fuse.
 COMPILE_PAYS_ON = ("cpu",)
-# Training steps left after which compiling the perceptual loss pays, on the CPUs where it does:
-# on a 2-core Intel Xeon with AMX, a 256 px batch of 4 ran 1.16x faster with the loss compiled
-# (bench.py --only train; 1.29x interleaved in one process), after 10-40 s of compiling, so it pays
-# after 100-300 steps. On a 2-core AMD
-# EPYC with AVX-512 BF16 compiled training was within that machine's run-to-run spread, and on an
-# H200 slower. benchmarks/bench.py --only train measures it.
-TRAINING_COMPILE_PAYS_AFTER = 300
 
 
 def compile_for_inference(model: torch.nn.Module):
@@ -63,16 +54,12 @@ def compile_loss(loss: torch.nn.Module):
 
     The transformation network stays eager: inductor's compiled backward of it gave NaN
     gradients in bf16 on the CPU (torch 2.14; vectorised kernels, the unvectorised ones did
-    not), and it would gain little (its convolutions dominate).
+    not). ``train --compile`` is opt-in: on a 2-core Intel Xeon with AMX a step with the loss
+    compiled was 1.29x, 1.16x, 1.01x and 0.87x the eager one in four runs (bench.py --only train
+    and --quick; one in-process interleaved), after about 35 s of compiling cold, so no gain held.
     """
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     return torch.compile(loss, dynamic=False)
-
-
-def training_compile_pays(device: torch.device, dtype: torch.dtype, steps_left: int) -> bool:
-    """Whether compiling the training loss pays: bf16 on a CPU with AMX (the only place it was
-    measured faster, see TRAINING_COMPILE_PAYS_AFTER), with at least that many steps left."""
-    return device.type == "cpu" and dtype == torch.bfloat16 and cpu_has_amx() and steps_left >= TRAINING_COMPILE_PAYS_AFTER
 
 
 def worth_compiling(

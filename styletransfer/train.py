@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.utils.data import DataLoader
 
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from .compiled import compile_loss, training_compile_pays
+from .compiled import compile_loss
 from .config import TrainConfig
 from .data import ContentImages, StepBatches, image_to_tensor, load_style_image
 from .devices import autocast, resolve_precision
@@ -154,20 +154,13 @@ def setup(cfg: TrainConfig, checkpoint: Checkpoint | None, procs: Processes, dev
         console.print(describe_processes(cfg, procs, device))
     amp_dtype = resolve_precision(cfg.precision, device)
     loss_fn = build_loss(cfg, device, memory_format)
-    if compiles_training(cfg, procs, device, amp_dtype, start_step):
-        console.print("compiling the loss: the first step takes 10-40 s longer (--compile off skips this)")
+    if cfg.compile:
+        console.print("compiling the loss: the first step takes 10-40 s longer")
         loss_fn = compile_loss(loss_fn)
     return Training(
         cfg, procs, device, console, model, wrap(model, procs, device), optimizer, loss_fn,
         build_loader(cfg, procs, device, start_step, console), amp_dtype, memory_format, start_step,
     )  # fmt: skip
-
-
-def compiles_training(cfg: TrainConfig, procs: Processes, device: torch.device, amp_dtype, start_step: int) -> bool:
-    """``--compile``: on, off, or auto (where and when it was measured to pay; one process only)."""
-    if cfg.compile == "auto":
-        return not procs.distributed and training_compile_pays(device, amp_dtype, cfg.iterations - start_step)
-    return cfg.compile == "on"
 
 
 def build_model(cfg: TrainConfig, checkpoint: Checkpoint | None, procs: Processes, device, memory_format):

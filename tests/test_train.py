@@ -116,7 +116,6 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(photos, style_image, tmp_pa
     args = ["train", "--style", style_image, "--content-dir", photos, "--out", out, *TINY]
     args[args.index("--iterations") + 1] = "100000"
     args[args.index("--checkpoint-every") + 1] = "100000"
-    args += ["--compile", "off"]  # a long run compiles on CPUs with AMX; this test is about Ctrl-C
     proc = subprocess.Popen([sys.executable, "-m", "styletransfer", *map(str, args)],
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})  # fmt: skip
     deadline = time.time() + 120
