@@ -1,5 +1,5 @@
-"""The compiled paths: inference (torch.compile, inductor, with freezing), the training step, and
-when each pays.
+"""The compiled paths: inference (torch.compile, inductor, with freezing) and when it pays, and
+the training loss (``train --compile``, opt-in).
 
 Freezing folds the weights into the graph as constants, so inductor can fuse the memory-bound
 work around the convolutions (padding, norms, ReLUs, residual adds) into few

@@ -49,8 +49,8 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def cpu_has_amx() -> bool:
-    """True on CPUs with AMX bf16 tile instructions (Intel Xeon since Sapphire Rapids), whose
-    convolutions are fast enough that the memory-bound work around them dominates."""
+    """True on CPUs with AMX bf16 tile instructions (Intel Xeon since Sapphire Rapids): benchmarks
+    name them, as their figures differ from AVX-512 BF16 CPUs'."""
     capabilities = getattr(torch.cpu, "get_capabilities", None)
     try:
         return bool(capabilities().get("amx_bf16")) if capabilities else bool(torch.cpu._is_amx_tile_supported())

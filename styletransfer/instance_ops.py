@@ -163,9 +163,9 @@ def use_native_kernels(x: torch.Tensor) -> bool:
     Exporters get the plain ops: ``torch.onnx.export`` has no ONNX translation for
     ``batch_norm_update_stats`` (nor for the in-place ``out=`` call of :func:`_affine`), and
     its older tracing mode records the functions as opaque Python ops that compute something
-    else. So does a compiled graph with gradients: inductor fuses the plain ops into the
-    backward it generates, and IEBN's forward + backward went from 1.19x BN's time to 1.01x
-    (NCHW; 1.18x to 1.03x channels_last) on a 2-core CPU. A compiled inference graph keeps the
+    else. So does a compiled graph with gradients, for inductor to fuse the plain ops into the
+    backward it generates (``train`` never compiles the network: its compiled backward gave NaN
+    gradients in bf16, so the speed once measured for this route does not count). A compiled inference graph keeps the
     kernels, which stylised 1024x1024 about 5 % faster there. All checks are flag reads, so
     eager mode keeps its speed.
     """

@@ -103,7 +103,7 @@ def test_padding_keeps_the_activations_dtype_under_cpu_autocast():
 
 def test_upsample_conv_compiles_with_gradients_in_channels_last():
     """torch.compile's backward of F.pad's replication padding fails on channels_last bf16 input;
-    the upsampling stage must not depend on it (it is what a compiled training step runs)."""
+    the upsampling stage must not depend on it (a compiled network with gradients runs it)."""
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(8, 4, 3)
     x = torch.randn(2, 8, 6, 10).to(memory_format=torch.channels_last).requires_grad_()
