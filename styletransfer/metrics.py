@@ -103,10 +103,33 @@ def fine_detail(images: torch.Tensor, window: int = BLOTCH_WINDOW) -> torch.Tens
 
 def box_mean(images: torch.Tensor, window: int) -> torch.Tensor:
     """The mean of (B, C, H, W) ``images`` over the ``window`` x ``window`` square (odd, pixels)
-    around each pixel, the part inside the image only; same shape. Separable (a column pass,
-    then a row pass), so the cost grows with the window's side, not its area."""
-    columns = F.avg_pool2d(images, (window, 1), 1, (window // 2, 0), count_include_pad=False)
-    return F.avg_pool2d(columns, (1, window), 1, (0, window // 2), count_include_pad=False)
+    around each pixel, the part inside the image only; same shape and dtype. Separable (a column
+    pass, then a row pass), each a difference of running sums, so the cost does not grow with the
+    window (avg_pool2d's does: over 31 pixels it took 3x as long)."""
+    # Running sums run fast along memory only: the column pass runs on the transposed image.
+    columns = _box_sums(images.transpose(-1, -2).to(torch.float64, memory_format=torch.contiguous_format), window)
+    sums = _box_sums(columns.transpose(-1, -2).contiguous(), window)
+    height, width = images.shape[-2:]
+    counts = _box_counts(height, window)[:, None] * _box_counts(width, window)[None, :]
+    return sums.div_(counts.to(images.device)).to(images.dtype)
+
+
+def _box_sums(x: torch.Tensor, window: int) -> torch.Tensor:
+    """Sums of ``x`` over the ``window`` values centred on each along its last dim, inside only.
+    Float64 running sums: in float32, sums over thousands of pixels would lose the fine detail."""
+    r, n = window // 2, x.shape[-1]
+    running = x.cumsum(-1)  # running[k]: the sum of values 0..k
+    sums = torch.empty_like(running)
+    sums[..., : max(n - r, 0)] = running[..., r:]  # the sum up to the window's last value ...
+    sums[..., max(n - r, 0) :] = running[..., -1:]  # ... or the row's, near its end
+    sums[..., r + 1 :] -= running[..., : max(n - r - 1, 0)]  # less the sum before the window's first
+    return sums
+
+
+def _box_counts(n: int, window: int) -> torch.Tensor:
+    """How many of the ``window`` positions centred on each of ``n`` positions lie inside: (n,)."""
+    i, r = torch.arange(n, dtype=torch.float64), window // 2
+    return (i + r + 1).clamp(max=n) - (i - r).clamp(min=0)
 
 
 def blotch_area(images: torch.Tensor, window: int = BLOTCH_WINDOW, detail: float = BLOTCH_DETAIL) -> torch.Tensor:

@@ -330,3 +330,22 @@ def test_the_blotch_window_scales_with_the_picture():
     large[..., 128:384, 128:384] = 0.5
     at_256, at_512 = blotch_area(small, blotch_window(256)).item(), blotch_area(large, blotch_window(512)).item()
     assert at_256 == pytest.approx(at_512, abs=0.02) and at_256 > 0.1
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 37, 50), (1, 1, 1, 1), (1, 2, 3, 70), (1, 1, 300, 9)])
+@pytest.mark.parametrize("window", [1, 5, 31])
+def test_box_mean_is_the_mean_over_the_window_inside_the_image(shape, window):
+    from styletransfer.metrics import box_mean
+
+    torch.manual_seed(0)
+    images = torch.rand(shape, dtype=torch.float64)
+    r = window // 2
+    counts = torch.nn.functional.pad(torch.ones(1, 1, *shape[-2:], dtype=torch.float64), (r, r, r, r))
+    padded = torch.nn.functional.pad(images, (r, r, r, r))
+    # The definition, written out: a sum over the square's pixels, those inside the image only.
+    ones = torch.ones(1, 1, window, window, dtype=torch.float64)
+    sums = torch.nn.functional.conv2d(padded.flatten(0, 1)[:, None], ones).view(shape)
+    expected = sums / torch.nn.functional.conv2d(counts, ones)
+    assert torch.allclose(box_mean(images, window), expected, rtol=0, atol=1e-12)
+    as_float = box_mean(images.float(), window)
+    assert as_float.dtype == torch.float32 and torch.allclose(as_float.double(), expected, rtol=0, atol=1e-6)
