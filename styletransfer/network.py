@@ -93,9 +93,12 @@ def upsample_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 
 
 def _replicate_border(x: torch.Tensor) -> torch.Tensor:
-    """``x`` with its first and last rows and columns repeated once: F.pad's "replicate" mode of 1,
-    written as concatenations, because torch.compile's backward of replication padding fails on
-    channels_last input (wrong strides in torch 2.14)."""
+    """``x`` with its first and last rows and columns repeated once: F.pad's "replicate" mode of 1.
+    While torch.compile traces with gradients it is written as concatenations instead, because
+    inductor's backward of replication padding fails on channels_last input (wrong strides in torch
+    2.14); elsewhere F.pad, one kernel, took half the time of the concatenations."""
+    if not (torch.compiler.is_compiling() and torch.is_grad_enabled()):
+        return F.pad(x, (1, 1, 1, 1), mode="replicate")
     x = torch.cat([x[:, :, :1], x, x[:, :, -1:]], dim=2)
     return torch.cat([x[:, :, :, :1], x, x[:, :, :, -1:]], dim=3)
 
