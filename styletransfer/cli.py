@@ -203,8 +203,8 @@ def stylize(
         typer.Option(
             "--compile",
             help="Compile the network (torch.compile): 1.06x-1.19x faster per image on an AMD EPYC, 1.3x-1.7x on a Xeon "
-            "with AMX; compiling takes 20-25 s "
-            "per image size the first time, under 10 s once cached. auto: on the CPU when the pictures of "
+            "with AMX; compiling takes 20-40 s "
+            "per image size the first time, about 10 s once cached. auto: on the CPU when the pictures of "
             "one size add up to 150 megapixels (about 140 of 1024x1024, or 160 video frames of 1280x720; "
             "on a GPU it was measured no faster); on; off.",
         ),
