@@ -12,13 +12,9 @@ per-instance quantities, in fp32 and in one pass:
 - ``native_batch_norm_backward`` in eval mode gives ``sum(g)`` and ``sum(g * (x - c))``.
 
 A contiguous (N, C, H, W) tensor is viewed as (1, N*C, H, W); a channels_last one is taken an
-instance at a time, each slice already being one contiguous channels_last image. The autograd
-functions below keep the big tensors on these kernels in both directions; the small (N, C)
-tensors in between go through ordinary autograd. A layer whose scale and shift are computed
-from its input's own moments (IN, IEBN, the SE gate) runs as one node,
-:func:`instance_normalise`, so its backward sums the gradient's two ways to the input in one
-pass: on a 2-core Xeon, IEBN's forward and backward of a (4, 32, 256, 256) bf16 input took
-16.8 ms instead of 21.4 (BN: 14.5).
+instance at a time, each slice already being one contiguous channels_last image. The two
+autograd functions below keep the big tensors on these kernels in both directions; the small
+(N, C) tensors in between go through ordinary autograd.
 
 That is the CPU's route. On CUDA (and any other device) the same quantities come from plain
 torch ops (``torch.var_mean`` and broadcasting), which are faster there; see
@@ -31,7 +27,7 @@ import torch
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
-__all__ = ["instance_moments", "instance_normalise", "instance_scale_shift", "use_native_kernels"]
+__all__ = ["instance_moments", "instance_scale_shift", "use_native_kernels"]
 
 
 def _param_dtype(x: torch.Tensor) -> torch.dtype:
@@ -149,54 +145,6 @@ class InstanceScaleShift(Function):
         return grad_x, grad_scale, grad_shift, -scale * grad_shift
 
 
-class InstanceNormalise(Function):
-    """``y = (x - centre) * scale + shift`` with ``scale, shift, centre = coefficients(mean, var)``
-    of x's own per-instance moments: :class:`InstanceMoments` and :class:`InstanceScaleShift` as
-    one node, so that the two ways the gradient reaches ``x`` (directly, and through the moments)
-    come out of one pass instead of two passes and a sum.
-
-    ``coefficients`` is differentiable (N, C) math of the layer's own parameters; ``params`` are
-    those parameters, inputs here only so that their gradients flow out of this node. Forward
-    builds the small graph of ``coefficients`` and backward differentiates it.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, coefficients, *params: torch.Tensor):
-        x = _layout(x)
-        mean, var = _moments(x)
-        with torch.enable_grad():
-            moments = [mean.requires_grad_(), var.requires_grad_()]
-            affine = coefficients(*moments)  # scale, shift, centre
-        ctx.save_for_backward(x, mean.detach())
-        ctx.graph = moments, affine, params
-        return _affine(x, *(t.detach() for t in affine))
-
-    @staticmethod
-    @once_differentiable  # the kernels' own backward is not differentiated again
-    def backward(ctx, grad: torch.Tensor):
-        x, mean = ctx.saved_tensors
-        moments, (scale, shift, centre), params = ctx.graph
-        grad = grad.contiguous(memory_format=_memory_format(x))
-        grad_shift, grad_scale = _sums(grad, x, centre.detach())
-        grad_centre = -scale.detach() * grad_shift
-        wanted = [(t, g) for t, g in zip((scale, shift, centre), (grad_scale, grad_shift, grad_centre)) if t.requires_grad]
-        leaves = [*moments, *params]
-        grads = [None] * len(leaves)
-        if wanted:
-            with torch.enable_grad():
-                # Kept, like the tensors this node saved, for a backward through a retained graph.
-                grads = torch.autograd.grad(
-                    [t for t, _ in wanted], leaves, [g for _, g in wanted], retain_graph=True, allow_unused=True
-                )
-        grad_mean, grad_var = (torch.zeros_like(mean) if g is None else g for g in grads[:2])
-        count = x.shape[2] * x.shape[3]
-        # Through the moments: d mean / dx = 1 / count, d var / dx = 2 (x - mean) / count; directly: scale.
-        grad_x = _affine(x, 2 * grad_var / count, grad_mean / count, mean)
-        # The scale in the gradient's dtype: a mixed-dtype addcmul_ took 8x as long in bf16.
-        grad_x.addcmul_(grad, scale.detach().to(grad.dtype)[:, :, None, None])
-        return grad_x, None, *grads[2:]
-
-
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format if x.is_contiguous() else torch.channels_last
 
@@ -252,19 +200,3 @@ def instance_scale_shift(
     if use_native_kernels(x):
         return InstanceScaleShift.apply(x, scale, shift, centre)
     return ((x - centre[:, :, None, None]) * scale[:, :, None, None] + shift[:, :, None, None]).to(x.dtype)
-
-
-def instance_normalise(x: torch.Tensor, coefficients, params: list[torch.Tensor]) -> torch.Tensor:
-    """``(x - centre) * scale + shift``, in x's dtype and layout, where ``scale, shift, centre =
-    coefficients(mean, var)``: each (N, C), from the mean and biased variance over (H, W) of every
-    (instance, channel) of ``x`` (N, C, H, W), in fp32. ``coefficients`` may use the trainable
-    tensors ``params`` (and only those); their gradients reach them through this call.
-
-    The same as :func:`instance_moments`, then ``coefficients``, then :func:`instance_scale_shift`,
-    but on the CPU with gradients the backward is one pass over ``x`` and its gradient fewer
-    (:class:`InstanceNormalise`).
-    """
-    training = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
-    if training and use_native_kernels(x):
-        return InstanceNormalise.apply(x, coefficients, *params)
-    return instance_scale_shift(x, *coefficients(*instance_moments(x)))

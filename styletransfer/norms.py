@@ -19,14 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .errors import StyleTransferError
-from .instance_ops import instance_moments, instance_normalise, instance_scale_shift
+from .instance_ops import instance_moments, instance_scale_shift
 from .syncbn import global_batch_stats, update_running_stats
 
 __all__ = [
@@ -54,14 +53,6 @@ class InstanceStatistics:
         if self.moments_override is None:
             return instance_moments(x)
         return self.moments_override(x)
-
-    def normalise(self, x: torch.Tensor, coefficients) -> torch.Tensor:
-        """``(x - centre) * scale + shift`` with ``scale, shift, centre = coefficients(mean, var)``
-        of :meth:`moments`, each (N, C); ``coefficients`` may use this layer's parameters. One
-        autograd node where the moments are x's own (:func:`~styletransfer.instance_ops.instance_normalise`)."""
-        if self.moments_override is not None:
-            return instance_scale_shift(x, *coefficients(*self.moments_override(x)))
-        return instance_normalise(x, coefficients, [p for p in self.parameters() if p.requires_grad])
 
 
 class IEBN2d(InstanceStatistics, nn.BatchNorm2d):
@@ -125,19 +116,15 @@ class IEBN2d(InstanceStatistics, nn.BatchNorm2d):
 
         ``x_hat * g + b`` with ``x_hat = (x - mean) / sqrt(var + eps)`` is computed as
         ``(x - mean) * s + t``: one reduction pass for the statistics and one fused
-        multiply-add, both on native batch-norm kernels, as one autograd node
-        (:func:`styletransfer.instance_ops.instance_normalise`).
+        multiply-add, both on native batch-norm kernels (see :mod:`styletransfer.instance_ops`).
         """
         self._check_input_dim(x)
-        return self.normalise(x, partial(self._coefficients, count=x.numel() // x.shape[1]))
-
-    def _coefficients(self, inst_mean: torch.Tensor, inst_var: torch.Tensor, count: int):
-        """Scale, shift and centre, each (N, C), from the per-instance moments (N, C) in fp32 of
-        a batch of ``count`` values per channel."""
+        inst_mean, inst_var = self.moments(x)  # fp32, shape (N, C)
         if self.training:
             # The batch's statistics follow from the instances' by the law of total variance.
             mean = inst_mean.mean(0)
             var = inst_var.mean(0) + (inst_mean - mean).pow(2).mean(0)
+            count = x.numel() // x.shape[1]
             if self.process_group is not None:  # distributed training: over the global batch
                 mean, var, count = global_batch_stats(mean, var, count, self.process_group)
             update_running_stats(self, mean, var, count)
@@ -150,7 +137,8 @@ class IEBN2d(InstanceStatistics, nn.BatchNorm2d):
         if self.excite in ("beta", "both"):
             beta = beta * gate
         scale = gamma * torch.rsqrt(var + self.eps)
-        return scale, beta, mean.expand_as(scale)
+        return instance_scale_shift(x, scale, beta, mean.expand_as(scale))
+
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, excite={self.excite}, squeeze={self.squeeze}, activation={self.activation}"
@@ -167,14 +155,11 @@ class InstanceNorm2d(InstanceStatistics, nn.InstanceNorm2d):
         unusual = self.track_running_stats or x.dim() != 4 or x.shape[1] != self.num_features
         if self.moments_override is None and (unusual or x.shape[2] * x.shape[3] < 2):
             return super().forward(x)  # torch's own layer, and its checks, for everything unusual
-        return self.normalise(x, self._coefficients)
-
-    def _coefficients(self, mean: torch.Tensor, var: torch.Tensor):
-        """Scale, shift and centre, each (N, C), from the per-instance moments (N, C) in fp32."""
+        mean, var = self.moments(x)
         scale = torch.rsqrt(var + self.eps)
         if not self.affine:
-            return scale, torch.zeros_like(scale), mean
-        return scale * self.weight, self.bias.expand_as(scale), mean
+            return instance_scale_shift(x, scale, torch.zeros_like(scale), mean)
+        return instance_scale_shift(x, scale * self.weight, self.bias.expand_as(scale), mean)
 
 
 class SqueezeExcite(InstanceStatistics, nn.Module):
@@ -187,12 +172,9 @@ class SqueezeExcite(InstanceStatistics, nn.Module):
         self.fc2 = nn.Linear(hidden, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.normalise(x, self._coefficients)  # the channel means on the same kernels as IEBN's
-
-    def _coefficients(self, squeezed: torch.Tensor, _var: torch.Tensor):
-        """The gate as a scale (no shift, no centre), (N, C), from the channel means (N, C)."""
+        squeezed, _ = self.moments(x)  # the channel means, on the same fast kernel as IEBN's
         s = torch.sigmoid(self.fc2(F.relu(self.fc1(squeezed))))
-        return s, torch.zeros_like(s), torch.zeros_like(s)
+        return instance_scale_shift(x, s, torch.zeros_like(s))
 
 
 class BatchNormSE(nn.Sequential):
