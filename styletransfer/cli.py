@@ -202,8 +202,8 @@ def stylize(
         str,
         typer.Option(
             "--compile",
-            help="Compile the network (torch.compile): 1.06x-1.19x faster per image on an AMD EPYC, 1.3x-1.7x on a Xeon "
-            "with AMX; compiling takes 20-40 s "
+            help="Compile the network (torch.compile): 1.06x-1.19x faster per image on an AMD EPYC, 1.3x-1.8x on a Xeon "
+            "with AMX; compiling takes 20-45 s "
             "per image size the first time, about 10 s once cached. auto: on the CPU when the pictures of "
             "one size add up to 150 megapixels (about 140 of 1024x1024, or 160 video frames of 1280x720; "
             "on a GPU it was measured no faster); on; off.",
@@ -292,13 +292,15 @@ def _print_records(results: list, model: dict, stylizer, controls, max_size: int
 
 def _report(results: list, output: Path) -> None:
     """One line per video written and per failed file, then how many images (and videos) were
-    written, and where."""
+    written, and where (not after the error of a single input)."""
     for r in results:
         if not r.ok:
             err.print(f"[red]error:[/red] {r.error}", highlight=False, soft_wrap=True)
         elif r.summary:
             err.print(f"{r.output}: {r.summary}", highlight=False, soft_wrap=True)
     written = [r.output for r in results if r.ok]
+    if not written and len(results) == 1:
+        return  # one input that failed: its error line says it all
     err.print(f"wrote {_written_counts(results)}{_where(written, len(results), output)}", soft_wrap=True,
               highlight=False)  # fmt: skip
 

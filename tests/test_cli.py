@@ -76,18 +76,21 @@ def test_grey_rgba_and_exif_inputs(model, tmp_path):
         (["IMG", "-m", "NOT_A_MODEL"], "not a styletransfer checkpoint"),
         (["IMG", "-m", "MODEL", "-o", "OUT/x.gif"], "unknown output type"),
         (["IMG", "-m", "MODEL", "--max-size", "-3"], "max-size"),
+        (["TEXT_AS_JPG", "-m", "MODEL", "-o", "OUT/out.jpg"], "not an image file"),
     ],
 )
 def test_stylize_bad_input_is_one_line(model, tmp_path, capsys, args, message):
     img = make_photo(tmp_path / "p.png")
     (tmp_path / "bad.safetensors").write_bytes(b"junk")
-    subst = {"MODEL": model, "IMG": img, "MISSING_IMG": tmp_path / "nope.png", "NOT_A_MODEL": tmp_path / "bad.safetensors"}
+    (tmp_path / "notes.jpg").write_text("not a photo\n")
+    subst = {"MODEL": model, "IMG": img, "MISSING_IMG": tmp_path / "nope.png", "NOT_A_MODEL": tmp_path / "bad.safetensors",
+             "TEXT_AS_JPG": tmp_path / "notes.jpg"}  # fmt: skip
     args = [subst.get(a, a) for a in args]
     args = [str(a).replace("OUT", str(tmp_path)) for a in args]
     assert run_cli("stylize", *args) == 1
     err = capsys.readouterr().err.strip()
     assert message in err and "Traceback" not in err
-    assert len(err.splitlines()) <= 2  # the error (and the summary line)
+    assert len(err.splitlines()) == 1  # the error alone: one input, nothing to sum up
 
 
 def test_compare_writes_a_labelled_grid(trained_runs, photos, tmp_path):
