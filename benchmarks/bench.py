@@ -1,6 +1,6 @@
 """Throughput of training and stylising: the project's fast paths against a plain fp32 eager baseline.
 
-    python benchmarks/bench.py --quick            # a few minutes on a 2-core CPU
+    python benchmarks/bench.py --quick            # about 12 minutes on a 2-core CPU
     python benchmarks/bench.py                    # more repeats, and the bf16-vs-fp32 loss-curve check
     python benchmarks/bench.py --device cuda      # on a GPU: 10x the repeats; no onnxruntime or peer rows
     python benchmarks/bench.py --quick --only train   # one part: reference, train, network or stylize
