@@ -184,12 +184,12 @@ def earlier_stylize_step(norm, size, batch, device, package, checkpoint=None):
     sys.modules[name] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sys.modules[name])
     earlier = importlib.import_module(f"{name}.stylize")
+    torch.manual_seed(0)  # random weights, when there is no checkpoint, as stylize_step's
     if checkpoint:
         stylizer = earlier.Stylizer(checkpoint, str(device), "auto")
     else:
         network = importlib.import_module(f"{name}.network")
         stylizer = earlier.Stylizer.from_model(network.TransformerNet(norm), {"norm": norm}, str(device), "auto")
-    torch.manual_seed(0)
     x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
     return (lambda: stylizer.stylize_tensor(x)), batch
 
@@ -490,8 +490,7 @@ def stylize_rows(rows, args, device, rounds, repeats):
                  ("fast (stylize default)", "stylize", {**sty, "fast": True}),
                  ("compiled (--compile on)", "stylize", {**sty, "fast": True, "compiled": True})]  # fmt: skip
         if earlier:
-            cases.append((f"default at {args.earlier}", "earlier",
-                          {"norm": args.norm, "size": size, "device": device, "batch": 1, "checkpoint": ckpt, "package": earlier}))  # fmt: skip
+            cases.append((f"default at {args.earlier}", "earlier", {**sty, "package": earlier}))
         if onnx:
             cases.append(("onnxruntime fp32", "stylize", {**sty, "fast": True, "onnx": onnx}))
         if peer_installed() and device.type == "cpu":
