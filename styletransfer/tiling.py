@@ -65,7 +65,9 @@ MIN_SIDE = 16  # the smallest side the network takes without padding it further
 # Peak memory of one untiled forward pass, as a fixed part plus a part per pixel of the image:
 # resident memory above the idle process, measured on the CPU with channels_last
 # (benchmarks/tiling.py memory) at 463 MiB in fp32 and 344 in bf16 at 1024x1024, 1471 and 767 at
-# 2048x2048. fp32, the larger: 336 bytes per added pixel over 127 MiB; rounded up.
+# 2048x2048. fp32, the larger: 336 bytes per added pixel over 127 MiB; rounded up. Passes as large
+# as the budget leave freed memory to the system (devices.KEEP_FREED_MEMORY_UP_TO): a 2048x2048
+# one still peaked at 1467 MiB in fp32 and 829 in bf16 with that in place.
 PEAK_BYTES_FIXED = 128 * 2**20
 PEAK_BYTES_PER_PIXEL = 340
 MEMORY_BUDGET = 3 * 2**29  # 1.5 GiB: what one forward pass may take on the CPU before ``auto`` tiles

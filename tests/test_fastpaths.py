@@ -1,9 +1,14 @@
 """The fast paths (bf16 autocast, channels_last, fused IEBN) compute what the plain fp32 path does."""
 
+import json
 import math
+import platform
+import subprocess
+import sys
 
 import pytest
 import torch
+from PIL import Image
 
 from styletransfer.checkpoint import load_checkpoint
 from styletransfer.devices import cpu_has_fast_bf16, resolve_precision
@@ -66,6 +71,38 @@ def test_bf16_training_tracks_fp32(photos, style_image, tmp_path):
     # (benchmarks/bench.py) measures the gap over 200 steps at a realistic size.
     assert sum(bf16[-10:]) == pytest.approx(sum(fp32[-10:]), rel=0.10)
     assert sum(bf16[-10:]) < 0.8 * sum(bf16[:10])
+
+
+# Allocates a 64 MiB tensor 10 times, before and after keep_freed_memory: the page faults of the last 3.
+PAGE_FAULTS = """
+import json, resource, torch
+from styletransfer.devices import keep_freed_memory
+def faults():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.ones(2**24)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+print(json.dumps([[faults() for _ in range(10)][-3:], keep_freed_memory(), [faults() for _ in range(10)][-3:]]))
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="a setting of glibc's malloc")
+def test_kept_memory_serves_the_next_tensors_without_page_faults():
+    run = subprocess.run([sys.executable, "-c", PAGE_FAULTS], capture_output=True, text=True, check=True)
+    default, took, kept = json.loads(run.stdout)
+    assert took
+    assert min(default) > 10_000  # a fresh mmap each time: 16384 pages of 4 KiB faulted in
+    assert max(kept) < 1_000
+
+
+def test_the_cpu_stylizer_keeps_freed_memory_for_small_passes_only(monkeypatch):
+    calls = []
+    monkeypatch.setattr("styletransfer.stylize.keep_freed_memory", calls.append)
+    monkeypatch.setattr("styletransfer.stylize.KEEP_FREED_MEMORY_UP_TO", 2 * 16 * 16)
+    stylizer = Stylizer(TransformerNet("bn"), {"norm": "bn"}, "cpu")
+    stylizer.stylize_tensor(torch.rand(2, 3, 16, 16))  # a batch counts all its pixels
+    stylizer.stylize_tensor(torch.rand(2, 3, 16, 17))
+    stylizer.stylize(Image.new("RGB", (17, 16)))
+    assert calls == [True, False, True, True]
 
 
 def test_precision_choice():

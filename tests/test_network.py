@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from styletransfer.network import ReflectionPad2d, RowSplitConv2d, TransformerNet, upsample_conv
 from styletransfer.norms import NORMS, IEBN2d
@@ -99,6 +100,23 @@ def test_padding_keeps_the_activations_dtype_under_cpu_autocast():
         padded = ReflectionPad2d(3)(x)
     assert padded.dtype == torch.bfloat16
     torch.testing.assert_close(padded, torch.nn.functional.pad(x, (3, 3, 3, 3), mode="reflect"), rtol=0, atol=0)
+
+
+def test_upsampling_pads_in_the_activations_dtype_under_cpu_autocast():
+    """Its replication border, like ReflectionPad2d, must not write a bf16 activation out in fp32."""
+    padded = []
+
+    class RecordPadding(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func.overloadpacket in (torch.ops.aten.replication_pad2d, torch.ops.aten.cat):
+                padded.append(out.dtype)
+            return out
+
+    conv = torch.nn.Conv2d(4, 2, 3)
+    with torch.autocast("cpu", torch.bfloat16), RecordPadding():
+        upsample_conv(torch.randn(1, 4, 5, 6).to(torch.bfloat16), conv.weight, conv.bias)
+    assert padded and set(padded) == {torch.bfloat16}
 
 
 def test_upsample_conv_compiles_with_gradients_in_channels_last():
