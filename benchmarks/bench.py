@@ -17,6 +17,8 @@ interleaved over the repeats, so a noisy machine slows baseline and fast path al
 shows medians and the ratio to the baseline measured in the same run. FLOPs are counted with
 torch.utils.flop_counter (convolutions and matrix products) and divided by the median time; the
 first row, one wide conv alone, shows about the most GFLOP/s the device's conv kernels reach.
+"peak MiB" is the most resident memory during the timed steps above the process with its model
+and input loaded (on a GPU: the most memory allocated); what the warm-up left resident counts.
 
 Paired rows time two paths in turn, each in its own process, a step of one then a step of the
 other: their ratio per pair, as a median and quartiles, holds steadier than medians minutes apart.
@@ -34,7 +36,6 @@ import multiprocessing as mp
 import os
 import platform
 import queue as queue_module
-import resource
 import statistics
 import subprocess
 import sys
@@ -237,6 +238,17 @@ def rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def peak_rss_mib() -> float:
+    """The most resident memory of this process since it started or since :func:`reset_peak_rss`."""
+    with open("/proc/self/status") as f:
+        return int(next(line for line in f if line.startswith("VmHWM:")).split()[1]) / 1024
+
+
+def reset_peak_rss():
+    with open("/proc/self/clear_refs", "w") as f:  # 5: reset the peak resident set size (Linux)
+        f.write("5")
+
+
 def synchronize(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -245,6 +257,7 @@ def synchronize(device):
 def measure(kind, args, repeats, queue):
     device = args["device"]
     step, images = PATHS[kind](**args)
+    loaded = rss_mib()  # the model and input in memory, before any step
     if args.get("compiled"):
         step()  # compiles; FLOPs inside a compiled graph are not counted (the eager row has them)
         # The FLOP counter's global hooks make torch.compile warn that they fire twice: harmless here.
@@ -255,7 +268,7 @@ def measure(kind, args, repeats, queue):
     synchronize(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    idle = rss_mib()
+    reset_peak_rss()  # leaves out compiling's passing peak; what the warm-up left resident still counts
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -265,7 +278,7 @@ def measure(kind, args, repeats, queue):
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - idle
+        peak = peak_rss_mib() - loaded
     result = {"times": times, "flops": flops, "images": images, "peak_mib": peak}
     if torch.is_tensor(out):
         result["output"] = out.float().cpu().numpy()  # plain data: the process ends right after

@@ -202,10 +202,10 @@ def stylize(
         str,
         typer.Option(
             "--compile",
-            help="Compile the network (torch.compile): 1.06x-1.19x faster per image on an AMD EPYC, 1.3x-1.8x on a Xeon "
-            "with AMX; compiling takes 20-45 s "
-            "per image size the first time, about 10 s once cached. auto: on the CPU when the pictures of "
-            "one size add up to 150 megapixels (about 140 of 1024x1024, or 160 video frames of 1280x720; "
+            help="Compile the network (torch.compile): 1.06x-1.19x faster per image on an AMD EPYC, 1.3x-1.6x on a Xeon "
+            "with AMX; compiling takes 20-40 s "
+            "per image size the first time, 10-15 s once cached. auto: on the CPU when the pictures of "
+            "one size add up to 300 megapixels (about 300 of 1024x1024, or 340 video frames of 1280x720; "
             "on a GPU it was measured no faster); on; off.",
         ),
     ] = "auto",

@@ -26,13 +26,14 @@ __all__ = [
     "COMPILE_PAYS_AFTER", "COMPILE_PAYS_ON", "compile_for_inference", "compile_loss", "worth_compiling",
 ]  # fmt: skip
 
-# Pixels stylised at one size after which compiling pays for itself on a CPU; about 140 pictures
-# of 1024x1024, or 160 frames of 1280x720. On 2 cores of an AMD EPYC compiling took 23 s cold
-# for 1024x1024 and then saved 0.18 s an image (1.19x; 1.06x at 512x512, where it pays even
-# later). On 2 cores of a Xeon with AMX it took 37-41 s cold (10-12 s with inductor's on-disk
-# cache warm) and saved 0.23-0.29 s per 1024x1024 image and about 0.05 s per 512x512: it pays
-# after 135-190 megapixels there, so one threshold serves both. benchmarks/bench.py measures the saving.
-COMPILE_PAYS_AFTER = 150 * 2**20
+# Pixels stylised at one size after which compiling pays for itself on a CPU; about 300 pictures
+# of 1024x1024, or 340 frames of 1280x720. On 2 cores of a Xeon with AMX, with freed memory kept
+# (devices.keep_freed_memory), compiling added 34-36 s cold to a one-picture `stylize` (10-14 s
+# with inductor's on-disk cache warm) and saved 0.09-0.16 s per 1024x1024 image (1.34x-1.58x in
+# two benchmark runs): it pays after 210-410 megapixels cold. On 2 cores of an AMD EPYC, before
+# that change, it took 23 s cold and saved 0.18 s an image (1.19x; 1.06x at 512x512).
+# benchmarks/bench.py measures the saving.
+COMPILE_PAYS_AFTER = 300 * 2**20
 # Device types where the compiled network was measured faster than the eager one: 1.06x and 1.19x
 # at 512 and 1024 px on a 2-core CPU; 0.97x and 1.01x on an H200, where cuDNN leaves little to fuse.
 COMPILE_PAYS_ON = ("cpu",)
