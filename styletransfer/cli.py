@@ -205,7 +205,7 @@ def stylize(
             help="Compile the network (torch.compile): 1.06x-1.19x faster per image on an AMD EPYC, 1.3x-1.6x on a Xeon "
             "with AMX; compiling takes 20-40 s "
             "per image size the first time, 10-15 s once cached. auto: on the CPU when the pictures of "
-            "one size add up to 300 megapixels (about 300 of 1024x1024, or 340 video frames of 1280x720; "
+            "one size add up to 300 x 2^20 pixels (300 of 1024x1024, or 530 video frames of 1024x576; "
             "on a GPU it was measured no faster); on; off.",
         ),
     ] = "auto",

@@ -24,9 +24,10 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 DEFAULT_TRIM_THRESHOLD, DEFAULT_MMAP_MAX = 128 * 1024, 65536
 # Forward passes over up to this many pixels (all images of a batch) keep freed memory
-# (keep_freed_memory): 1920x1080 video frames and the CLI's default 1024 px. Larger ones, which
-# may be near the memory budget of tiling, leave it to the system.
-KEEP_FREED_MEMORY_UP_TO = 2**21
+# (keep_freed_memory): photos at stylize's default --max-size 1024, a batch of 4 video frames at
+# it (4 x 1024x576), a 1920x1080 photo. Larger ones, which may be near the memory budget of
+# tiling, leave it to the system.
+KEEP_FREED_MEMORY_UP_TO = 3 * 2**20
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -117,8 +118,9 @@ def keep_freed_memory(keep: bool = True) -> bool:
     forward pass faults in all its large activations again, 4 KiB at a time: about 345,000 page
     faults per 1024x1024 image. Without them the image took a quarter to a half less time, eager
     and compiled, on 2 cores of an Intel Xeon with AMX. The cost: the process holds on to its peak
-    memory, and the peak grows as freed blocks are reused less tightly than fresh ones, by 7-18 %
-    at 1024x1024 and up to 2x at 2048x2048 (:data:`KEEP_FREED_MEMORY_UP_TO` bounds it).
+    memory, and the peak grows as freed blocks are reused less tightly than fresh ones: the whole
+    process's by 5-38 % stylising 1024x1024, the pass's up to 2x at 2048x2048
+    (:data:`KEEP_FREED_MEMORY_UP_TO` bounds it).
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
