@@ -202,7 +202,7 @@ def stylize(
         str,
         typer.Option(
             "--compile",
-            help="Compile the network (torch.compile): 1.06x-1.19x faster per image on an AMD EPYC, 1.3x-1.6x on a Xeon "
+            help="Compile the network (torch.compile): 1.06x-1.19x faster per image on an AMD EPYC, 1.04x-1.6x on a Xeon "
             "with AMX; compiling takes 20-40 s "
             "per image size the first time, 10-15 s once cached. auto: on the CPU when the pictures of "
             "one size add up to 300 x 2^20 pixels (300 of 1024x1024, or 530 video frames of 1024x576; "

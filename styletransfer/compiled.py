@@ -30,7 +30,8 @@ __all__ = [
 # 1024x1024, or 530 video frames of 1024x576 (a 16:9 video at stylize's default --max-size). On 2 cores of a Xeon with AMX, with freed memory kept
 # (devices.keep_freed_memory), compiling added 34-36 s cold to a one-picture `stylize` (10-14 s
 # with inductor's on-disk cache warm) and saved 0.09-0.16 s per 1024x1024 image (1.34x-1.58x in
-# two benchmark runs): it pays after 210-410 such images cold. On 2 cores of an AMD EPYC, before
+# two benchmark runs): it pays after 210-410 such images cold. A third run, slower throughout,
+# saved 0.02 s (1.04x). On 2 cores of an AMD EPYC, before
 # that change, it took 23 s cold and saved 0.18 s an image (1.19x; 1.06x at 512x512).
 # benchmarks/bench.py measures the saving.
 COMPILE_PAYS_AFTER = 300 * 2**20
